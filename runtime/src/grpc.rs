@@ -1,0 +1,141 @@
+//! The gRPC edge shared by the command services: who is calling, which request this is,
+//! how validation failures are reported (`google.rpc.BadRequest` field violations), and
+//! how event-store failures map to status codes.
+
+use tillstream_events::{Actor, EventMetadata, Role};
+use tonic::metadata::MetadataMap;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::Shutdown;
+use crate::event_store::CommandError;
+use crate::tokens::{Claims, TokenVerifier};
+
+/// Request metadata key carrying the correlation id across services.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// The authenticated principal of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Whether the caller may act on resources owned by `owner_id`.
+    pub fn may_act_for(&self, owner_id: &str) -> bool {
+        matches!(self.role, Role::Admin | Role::Service) || self.user_id == owner_id
+    }
+}
+
+impl From<Claims> for Caller {
+    fn from(claims: Claims) -> Self {
+        Caller {
+            user_id: claims.sub,
+            role: claims.role,
+        }
+    }
+}
+
+/// Reads and verifies `authorization: Bearer <jwt>`.
+pub fn authenticate(verifier: &TokenVerifier, metadata: &MetadataMap) -> Result<Caller, Status> {
+    let header = metadata
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
+    verifier
+        .verify(token.trim())
+        .map(Caller::from)
+        .map_err(|_| Status::unauthenticated("invalid or expired access token"))
+}
+
+/// The request's correlation id, or a new one when the caller sent none (or an unusable one).
+pub fn correlation_id(metadata: &MetadataMap) -> String {
+    metadata
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// Event metadata for a command from `caller` (None for open commands).
+pub fn event_metadata(metadata: &MetadataMap, caller: Option<&Caller>, idempotency_key: &str) -> EventMetadata {
+    let actor = caller.map_or_else(Actor::anonymous, |c| Actor::user(c.user_id.clone(), c.role));
+    let mut meta = EventMetadata::new(correlation_id(metadata), actor);
+    if !idempotency_key.is_empty() {
+        meta.idempotency_key = Some(idempotency_key.to_owned());
+    }
+    meta
+}
+
+/// Collects field violations; [`Violations::into_result`] turns them into one
+/// `INVALID_ARGUMENT` status listing every bad field.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_result(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let summary = self
+            .0
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Status::with_error_details(
+            Code::InvalidArgument,
+            format!("invalid request: {summary}"),
+            ErrorDetails::with_bad_request(self.0),
+        ))
+    }
+}
+
+/// One violation as a status.
+pub fn invalid_field(field: &str, description: &str) -> Status {
+    let mut violations = Violations::default();
+    violations.add(field, description);
+    violations.into_result().err().unwrap_or_else(|| Status::invalid_argument(description.to_owned()))
+}
+
+/// Maps an event-store failure to a status; `rejected` maps the aggregate's own errors.
+pub fn command_status<E: std::error::Error>(error: CommandError<E>, rejected: impl FnOnce(E) -> Status) -> Status {
+    match error {
+        CommandError::Rejected(e) => rejected(e),
+        conflict @ CommandError::Conflict { .. } => Status::aborted(conflict.to_string()),
+        CommandError::Unavailable(detail) => {
+            tracing::warn!(%detail, "event store unavailable");
+            Status::unavailable("the event store is unavailable; retry with the same idempotency key")
+        }
+        CommandError::Internal(detail) => {
+            tracing::error!(%detail, "event store error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+/// Serves a tonic router on `listener` until `shutdown` fires.
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    router
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,18 @@
+//! What every tillstream process shares: telemetry, the operations endpoints
+//! (`/healthz`, `/readyz`, `/metrics`), Postgres and NATS connections, the JetStream
+//! stream definitions of `nats/`, access tokens, and shutdown.
+//!
+//! One way to do each of these things, so the services read alike: each service crate
+//! has a `Config`, an `App::build(config)` that connects and migrates, and an
+//! `App::run(shutdown)` that serves until the [`Shutdown`] token fires.
+
+pub mod event_store;
+pub mod grpc;
+pub mod nats;
+pub mod ops;
+pub mod postgres;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tokens;
+
+pub use shutdown::Shutdown;

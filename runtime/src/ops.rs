@@ -1,0 +1,114 @@
+//! Operations endpoints served by every process: `/healthz` (the process is alive),
+//! `/readyz` (its dependencies answer) and `/metrics` (Prometheus text format).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::Shutdown;
+
+/// Something a process needs before it can serve: a database, a NATS connection.
+pub trait ReadinessCheck: Send + Sync + 'static {
+    /// A short name shown in `/readyz` output.
+    fn name(&self) -> &'static str;
+    /// `Ok` when ready, or a plain-words reason when not.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The set of checks `/readyz` runs.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<Arc<dyn ReadinessCheck>>,
+}
+
+impl Readiness {
+    pub fn with(mut self, check: impl ReadinessCheck) -> Self {
+        self.checks.push(Arc::new(check));
+        self
+    }
+
+    pub fn merge(mut self, other: Readiness) -> Self {
+        self.checks.extend(other.checks);
+        self
+    }
+
+    /// Runs every check; returns whether all passed and a JSON report.
+    pub async fn report(&self) -> (bool, serde_json::Value) {
+        let mut ready = true;
+        let mut details = serde_json::Map::new();
+        for check in &self.checks {
+            let status = match check.check().await {
+                Ok(()) => "ok".to_owned(),
+                Err(reason) => {
+                    ready = false;
+                    reason
+                }
+            };
+            details.insert(check.name().to_owned(), json!(status));
+        }
+        (ready, json!({ "ready": ready, "checks": details }))
+    }
+}
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "metrics recorder not installed; /metrics will be empty");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, to merge into a service's HTTP router or serve alone.
+pub fn router(readiness: Readiness) -> Router {
+    prometheus();
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(readiness))
+}
+
+async fn readyz(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
+    let (ready, body) = readiness.report().await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+async fn metrics() -> impl IntoResponse {
+    match prometheus() {
+        Some(handle) => (StatusCode::OK, handle.render()),
+        None => (StatusCode::OK, String::new()),
+    }
+}
+
+/// Binds `addr` for an HTTP router. Port 0 picks a free port; see `local_addr`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, finishing in-flight requests.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

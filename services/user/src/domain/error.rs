@@ -1,0 +1,6 @@
+/// Business rules a user command can break.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("user is already registered")]
+    AlreadyRegistered,
+}
