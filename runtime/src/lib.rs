@@ -8,6 +8,7 @@
 
 pub mod event_store;
 pub mod grpc;
+pub mod grpc_host;
 pub mod nats;
 pub mod ops;
 pub mod postgres;

@@ -3,20 +3,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tillstream_proto::user::v1::user_service_server::UserServiceServer;
+use tillstream_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
+use tillstream_runtime::Shutdown;
 use tillstream_runtime::event_store::{self, CommandBus};
-use tillstream_runtime::ops::{self, Readiness};
+use tillstream_runtime::grpc_host::{GrpcHost, HostError, MAX_MESSAGE_BYTES};
+use tillstream_runtime::ops::Readiness;
 use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::tokens::{KeyPaths, TokenIssuer, TokenVerifier};
-use tillstream_runtime::{Shutdown, grpc};
-use tokio::net::TcpListener;
 
 use crate::Config;
 use crate::credentials::Credentials;
 use crate::grpc::UserGrpc;
-
-/// Largest request the service decodes; larger ones are refused with RESOURCE_EXHAUSTED.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -26,27 +23,14 @@ pub enum AppError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Tokens(#[from] tillstream_runtime::tokens::TokenError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
-    #[error("ops server failed: {0}")]
-    Ops(#[source] std::io::Error),
+    #[error(transparent)]
+    Host(#[from] HostError),
 }
 
 pub struct App {
-    grpc: TcpListener,
-    ops: TcpListener,
+    host: GrpcHost,
     service: UserGrpc,
     readiness: Readiness,
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })
 }
 
 impl App {
@@ -69,38 +53,24 @@ impl App {
             verifier: TokenVerifier::load(&keys)?,
         };
         Ok(App {
-            grpc: bind(config.grpc_addr).await?,
-            ops: bind(config.ops_addr).await?,
+            host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
             service,
             readiness: Readiness::default().with(PostgresReady { name: "postgres", pool }),
         })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.host.grpc_addr()
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.host.ops_addr()
     }
 
     /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
-        let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<UserServiceServer<UserGrpc>>()
-            .await;
-        let service = UserServiceServer::new(self.service)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let router = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
-            .add_service(health)
-            .add_service(service);
-        let ops_server = ops::serve(self.ops, ops::router(self.readiness), shutdown.clone());
-        let grpc_server = grpc::serve(router, self.grpc, shutdown);
-        let (grpc_result, ops_result) = tokio::join!(grpc_server, ops_server);
-        grpc_result?;
-        ops_result.map_err(AppError::Ops)?;
-        Ok(())
+        let service = UserServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let router = GrpcHost::router(SERVICE_NAME).await.add_service(service);
+        Ok(self.host.serve(router, self.readiness, shutdown).await?)
     }
 }

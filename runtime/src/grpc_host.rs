@@ -1,0 +1,89 @@
+//! Hosting a gRPC command service: its gRPC listener (with `grpc.health.v1`) and its ops
+//! listener, bound at build time (so port 0 can be read back) and served together.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::Shutdown;
+use crate::ops::{self, Readiness};
+
+/// Largest request a command service decodes; larger ones get RESOURCE_EXHAUSTED.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Deadline of one gRPC call inside the server.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("ops server failed: {0}")]
+    Ops(#[source] std::io::Error),
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HostError> {
+    TcpListener::bind(addr).await.map_err(|source| HostError::Bind { addr, source })
+}
+
+fn local(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+pub struct GrpcHost {
+    grpc: TcpListener,
+    ops: TcpListener,
+}
+
+impl GrpcHost {
+    pub async fn bind(grpc_addr: SocketAddr, ops_addr: SocketAddr) -> Result<Self, HostError> {
+        Ok(GrpcHost {
+            grpc: bind(grpc_addr).await?,
+            ops: bind(ops_addr).await?,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        local(&self.grpc)
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        local(&self.ops)
+    }
+
+    /// A server builder with the host's limits, serving `grpc.health.v1` for `service_name`.
+    pub async fn router(service_name: &str) -> tonic::transport::server::Router {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(service_name, tonic_health::ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        tonic::transport::Server::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .add_service(health)
+    }
+
+    /// Serves `router` and the ops endpoints until `shutdown` fires.
+    pub async fn serve(
+        self,
+        router: tonic::transport::server::Router,
+        readiness: Readiness,
+        shutdown: Shutdown,
+    ) -> Result<(), HostError> {
+        let ops_server = ops::serve(self.ops, ops::router(readiness), shutdown.clone());
+        let grpc_server = crate::grpc::serve(router, self.grpc, shutdown);
+        let (grpc_result, ops_result) = tokio::join!(grpc_server, ops_server);
+        grpc_result?;
+        ops_result.map_err(HostError::Ops)
+    }
+}

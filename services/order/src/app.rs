@@ -1,0 +1,69 @@
+//! Building and running the order service.
+
+use std::net::SocketAddr;
+
+use tillstream_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
+use tillstream_runtime::Shutdown;
+use tillstream_runtime::event_store::{self, CommandBus};
+use tillstream_runtime::grpc_host::{GrpcHost, HostError, MAX_MESSAGE_BYTES};
+use tillstream_runtime::ops::Readiness;
+use tillstream_runtime::postgres::{self, PostgresReady};
+use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
+
+use crate::Config;
+use crate::grpc::OrderGrpc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Postgres(#[from] postgres::PostgresError),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Tokens(#[from] tillstream_runtime::tokens::TokenError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+pub struct App {
+    host: GrpcHost,
+    service: OrderGrpc,
+    readiness: Readiness,
+}
+
+impl App {
+    /// Creates the database if needed, applies migrations, loads the token verification
+    /// key (generating a development pair on first start) and binds the listeners. Nothing is served until [`App::run`].
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        postgres::ensure_database(&config.database_url).await?;
+        let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
+        event_store::migrate(&pool).await?;
+
+        let keys = KeyPaths::in_dir(&config.data_dir);
+        keys.ensure_generated()?;
+        let service = OrderGrpc {
+            commands: CommandBus::new(pool.clone(), ()),
+            verifier: TokenVerifier::load(&keys)?,
+        };
+        Ok(App {
+            host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
+            service,
+            readiness: Readiness::default().with(PostgresReady { name: "postgres", pool }),
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.host.grpc_addr()
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.host.ops_addr()
+    }
+
+    /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+        let service = OrderServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let router = GrpcHost::router(SERVICE_NAME).await.add_service(service);
+        Ok(self.host.serve(router, self.readiness, shutdown).await?)
+    }
+}
