@@ -1,0 +1,23 @@
+//! Projections: read models in Postgres, built from the EVENTS stream.
+//!
+//! A durable JetStream pull consumer delivers every event. Each is applied in one Postgres
+//! transaction together with its aggregate's checkpoint (the last sequence applied):
+//!
+//! - sequence ≤ checkpoint: a redelivery or a republished duplicate; skipped and acked;
+//! - sequence = checkpoint + 1: applied, checkpoint advanced, committed, then acked;
+//! - sequence > checkpoint + 1: an earlier event has not arrived yet; nothing is applied
+//!   and the message is negatively acknowledged, so JetStream delivers it again later.
+//!
+//! A crash at any instant therefore neither loses nor repeats an effect: an event applied
+//! but not acked is skipped when redelivered.
+//!
+//! Read models: `users`, `orders`, `order_items` ([`read_model`]).
+
+mod app;
+mod config;
+mod projector;
+pub mod read_model;
+
+pub use app::{App, migrate};
+pub use config::Config;
+pub use projector::{ApplyOutcome, Projector, ProjectorError};

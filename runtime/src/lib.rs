@@ -12,6 +12,7 @@ pub mod grpc_host;
 pub mod nats;
 pub mod ops;
 pub mod postgres;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tokens;

@@ -1,0 +1,265 @@
+//! The publish loop. See the crate documentation for the ordering argument.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tillstream_events::envelope::{event_id, message_id};
+use tillstream_events::{EventEnvelope, EventMetadata, Namespace, wire_payload};
+use tillstream_runtime::Shutdown;
+use tillstream_runtime::nats::ensure_streams;
+use tillstream_runtime::retry::Backoff;
+
+/// The Postgres channel the event store's trigger notifies on commit.
+const CHANNEL: &str = "tillstream_events";
+/// How long the relay sleeps without a notification before looking anyway (a NOTIFY can be
+/// missed while the listener reconnects, and the horizon moves when unrelated transactions end).
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("event store: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("JetStream stream set-up: {0}")]
+    Streams(#[from] tillstream_runtime::nats::NatsError),
+    #[error("JetStream publish: {0}")]
+    Publish(#[from] async_nats::jetstream::context::PublishError),
+    #[error("event {0} cannot be encoded: {1}")]
+    Encode(String, serde_json::Error),
+}
+
+/// One row of the event store, as the relay reads it.
+#[derive(sqlx::FromRow)]
+struct StoredEvent {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: serde_json::Value,
+    metadata: sqlx::types::Json<HashMap<String, String>>,
+    global_position: i64,
+    txid: String,
+    recorded_at: DateTime<Utc>,
+}
+
+impl StoredEvent {
+    fn into_envelope(self) -> EventEnvelope {
+        let sequence = u64::try_from(self.sequence).unwrap_or(0);
+        EventEnvelope {
+            event_id: event_id(&self.aggregate_type, &self.aggregate_id, sequence, self.recorded_at),
+            payload: wire_payload(&self.event_type, self.payload),
+            metadata: EventMetadata::from_map(&self.metadata.0),
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence,
+            position: self.global_position,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            occurred_at: self.recorded_at,
+        }
+    }
+}
+
+/// Where the relay has published up to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checkpoint {
+    txid: String,
+    position: i64,
+}
+
+pub struct Relay {
+    pool: PgPool,
+    js: jetstream::Context,
+    namespace: Namespace,
+    name: String,
+    batch_size: i64,
+    replicas: usize,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, nats: async_nats::Client, namespace: Namespace, name: String, batch_size: i64, replicas: usize) -> Self {
+        let mut js = jetstream::new(nats);
+        js.set_timeout(Duration::from_secs(5));
+        Relay {
+            pool,
+            js,
+            namespace,
+            name,
+            batch_size: batch_size.max(1),
+            replicas,
+        }
+    }
+
+    /// Publishes until `shutdown` fires. Never returns early on errors: it logs each change
+    /// between healthy and failing once, and retries with backoff.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut backoff = Backoff::default();
+        let mut listener: Option<PgListener> = None;
+        let mut streams_ready = false;
+        let mut failing = false;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if listener.is_none() {
+                listener = self.listen().await.ok();
+            }
+            let result = async {
+                if !streams_ready {
+                    ensure_streams(&self.js, &self.namespace, self.replicas).await?;
+                    streams_ready = true;
+                }
+                self.publish_batch().await
+            }
+            .await;
+            match result {
+                Ok(published) => {
+                    if failing {
+                        tracing::info!(relay = %self.name, "relay recovered; publishing again");
+                        failing = false;
+                    }
+                    backoff.reset();
+                    if published as i64 >= self.batch_size {
+                        continue; // more is waiting
+                    }
+                    self.wait_for_commit(&mut listener, &shutdown).await;
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(relay = %self.name, %error, "relay cannot publish; retrying with backoff");
+                        failing = true;
+                    } else {
+                        tracing::debug!(relay = %self.name, %error, "relay still failing");
+                    }
+                    metrics::counter!("tillstream_relay_errors_total", "relay" => self.name.clone()).increment(1);
+                    if matches!(error, RelayError::Postgres(_)) {
+                        listener = None;
+                    }
+                    if matches!(error, RelayError::Streams(_)) {
+                        streams_ready = false;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(relay = %self.name, "relay stopped");
+    }
+
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(listener)
+    }
+
+    async fn wait_for_commit(&self, listener: &mut Option<PgListener>, shutdown: &Shutdown) {
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => {
+                    if l.recv().await.is_err() {
+                        *listener = None;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = notified => {}
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+
+    async fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT txid::text, global_position FROM relay_checkpoints WHERE relay = $1")
+                .bind(&self.name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map_or(
+            Checkpoint {
+                txid: "0".to_owned(),
+                position: 0,
+            },
+            |(txid, position)| Checkpoint { txid, position },
+        ))
+    }
+
+    /// Publishes the next batch of final events and advances the checkpoint past them.
+    /// Returns how many were published.
+    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        let from = self.checkpoint().await?;
+        let rows: Vec<StoredEvent> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
+                    global_position, txid::text AS txid, recorded_at \
+             FROM events \
+             WHERE (txid, global_position) > ($1::text::xid8, $2) \
+               AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY txid, global_position \
+             LIMIT $3",
+        )
+        .bind(&from.txid)
+        .bind(from.position)
+        .bind(self.batch_size)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(0);
+        };
+        let to = Checkpoint {
+            txid: last.txid.clone(),
+            position: last.global_position,
+        };
+        let count = rows.len();
+        let oldest = rows.iter().map(|r| r.recorded_at).min();
+
+        // Pipeline the publishes, then wait for every ack before moving the checkpoint.
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(count);
+        for row in rows {
+            let envelope = row.into_envelope();
+            let body = serde_json::to_vec(&envelope).map_err(|e| RelayError::Encode(envelope.message_id(), e))?;
+            let message = PublishMessage::build()
+                .payload(body.into())
+                .message_id(message_id(&envelope.aggregate_type, &envelope.aggregate_id, envelope.sequence))
+                .header("Tillstream-Event-Type", envelope.event_type.as_str())
+                .header("Tillstream-Sequence", envelope.sequence.to_string().as_str());
+            let subject = self.namespace.event_subject(&envelope.aggregate_type, &envelope.aggregate_id);
+            acks.push(self.js.send_publish(subject, message).await?);
+        }
+        let mut duplicates = 0u64;
+        for ack in acks {
+            if ack.await?.duplicate {
+                duplicates += 1;
+            }
+        }
+
+        sqlx::query(
+            "INSERT INTO relay_checkpoints (relay, txid, global_position, published, updated_at) \
+             VALUES ($1, $2::text::xid8, $3, $4, now()) \
+             ON CONFLICT (relay) DO UPDATE SET txid = EXCLUDED.txid, global_position = EXCLUDED.global_position, \
+                 published = relay_checkpoints.published + EXCLUDED.published, updated_at = now()",
+        )
+        .bind(&self.name)
+        .bind(&to.txid)
+        .bind(to.position)
+        .bind(count as i64)
+        .execute(&self.pool)
+        .await?;
+
+        let labels = [("relay", self.name.clone())];
+        metrics::counter!("tillstream_relay_published_total", &labels).increment(count as u64);
+        metrics::counter!("tillstream_relay_republished_total", &labels).increment(duplicates);
+        if let Some(oldest) = oldest {
+            let lag = (Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!("tillstream_relay_lag_seconds", &labels).set(lag);
+        }
+        tracing::debug!(relay = %self.name, count, duplicates, "published batch");
+        Ok(count)
+    }
+}
