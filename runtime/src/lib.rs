@@ -18,3 +18,4 @@ pub mod telemetry;
 pub mod tokens;
 
 pub use shutdown::Shutdown;
+pub use sqlx::PgPool;

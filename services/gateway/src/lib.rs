@@ -1,0 +1,13 @@
+//! gateway: the read side clients talk to. GraphQL (`POST /graphql`, GraphiQL on
+//! `GET /graphql`) served from the Postgres read models the projector builds.
+//!
+//! The gateway never reads an event store and never writes a read model: queries go to
+//! [`reads`], one module that owns the SQL of the read models.
+
+pub mod app;
+pub mod config;
+pub mod graphql;
+pub mod reads;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,160 @@
+//! The relay against the machine's real Postgres and NATS JetStream.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tillstream_events::EventEnvelope;
+use tillstream_relay::Relay;
+use tillstream_runtime::{Shutdown, event_store, nats};
+use tillstream_testkit::{CuttableProxy, TestEnv, eventually, nats_url};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Inserts an event row the way postgres-es does (it does not name the relay's columns).
+async fn insert_event(executor: impl sqlx::PgExecutor<'_>, aggregate_id: &str, sequence: i64) {
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('order', $1, $2, 'OrderPlaced', '1', $3, $4)",
+    )
+    .bind(aggregate_id)
+    .bind(sequence)
+    .bind(serde_json::json!({"OrderPlaced": {"seq": sequence}}))
+    .bind(serde_json::json!({"correlation_id": "test"}))
+    .execute(executor)
+    .await
+    .expect("insert event");
+}
+
+/// Every message of the namespace's EVENTS stream, decoded, in stream order.
+async fn stream_contents(js: &jetstream::Context, env: &TestEnv) -> Vec<(String, EventEnvelope)> {
+    let Ok(stream) = js.get_stream(env.namespace.events_stream()).await else {
+        return Vec::new();
+    };
+    let count = stream.cached_info().state.messages;
+    let mut out = Vec::new();
+    for seq in 1..=count {
+        let Ok(raw) = stream.get_raw_message(seq).await else { continue };
+        let id = raw
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        out.push((id, serde_json::from_slice(&raw.payload).expect("envelope")));
+    }
+    out
+}
+
+async fn message_count(js: &jetstream::Context, env: &TestEnv) -> u64 {
+    match js.get_stream(env.namespace.events_stream()).await {
+        Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn relay_catches_up_after_nats_was_unreachable() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("orders").await;
+    event_store::migrate(&pool).await.unwrap();
+    let direct = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    nats::ensure_streams(&direct, &env.namespace, 1).await.unwrap();
+
+    let nats_addr = nats_url().trim_start_matches("nats://").parse().unwrap();
+    let proxy = CuttableProxy::start(nats_addr).await.unwrap();
+    let relayed = nats::connect(&format!("nats://{}", proxy.addr()), "relay-under-test", false)
+        .await
+        .unwrap();
+    let shutdown = Shutdown::new();
+    let relay = Relay::new(pool.clone(), relayed.clone(), env.namespace.clone(), "test".into(), 100, 1);
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    // A first event flows while NATS is reachable.
+    insert_event(&pool, "o-1", 1).await;
+    eventually(DEADLINE, "the first event on the stream", || async {
+        (message_count(&direct, &env).await == 1).then_some(())
+    })
+    .await;
+
+    // NATS becomes unreachable for the relay; commands keep committing.
+    proxy.cut();
+    eventually(DEADLINE, "the relay's NATS connection to drop", || async {
+        (relayed.connection_state() != async_nats::connection::State::Connected).then_some(())
+    })
+    .await;
+    for seq in 2..=4 {
+        insert_event(&pool, "o-1", seq).await;
+    }
+    insert_event(&pool, "o-2", 1).await;
+    assert_eq!(message_count(&direct, &env).await, 1, "nothing passes the cut link");
+
+    // NATS comes back: every event committed meanwhile is published, once, in order.
+    proxy.restore();
+    eventually(DEADLINE, "all five events on the stream", || async {
+        (message_count(&direct, &env).await == 5).then_some(())
+    })
+    .await;
+    let contents = stream_contents(&direct, &env).await;
+    let o1: Vec<u64> = contents
+        .iter()
+        .filter(|(_, e)| e.aggregate_id == "o-1")
+        .map(|(_, e)| e.sequence)
+        .collect();
+    assert_eq!(o1, vec![1, 2, 3, 4], "per-aggregate order is kept");
+    assert_eq!(contents[0].0, "order:o-1:1");
+    assert_eq!(contents[0].1.payload, serde_json::json!({"seq": 1}), "wire payload is unwrapped");
+    let published: i64 = sqlx::query_scalar("SELECT published FROM relay_checkpoints WHERE relay = 'test'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(published, 5);
+
+    shutdown.cancel();
+    running.await.unwrap();
+
+    // A relay that lost its checkpoint republishes; JetStream's dedupe keeps one copy.
+    sqlx::query("DELETE FROM relay_checkpoints").execute(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let again = Relay::new(pool.clone(), client, env.namespace.clone(), "test".into(), 100, 1);
+    assert_eq!(again.publish_batch().await.unwrap(), 5);
+    assert_eq!(message_count(&direct, &env).await, 5, "republished events are deduplicated");
+
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_event_committed_late_with_an_earlier_position_is_not_skipped() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("orders").await;
+    event_store::migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let direct = jetstream::new(client.clone());
+    nats::ensure_streams(&direct, &env.namespace, 1).await.unwrap();
+    let relay = Relay::new(pool.clone(), client, env.namespace.clone(), "test".into(), 100, 1);
+
+    // Transaction A takes the earlier position but commits last.
+    let mut slow = pool.begin().await.unwrap();
+    insert_event(&mut *slow, "slow", 1).await;
+    insert_event(&pool, "fast", 1).await; // B: later position, committed at once
+    assert_eq!(relay.publish_batch().await.unwrap(), 0, "B waits behind the open A");
+
+    slow.commit().await.unwrap();
+    let total = AtomicUsize::new(0);
+    eventually(DEADLINE, "both events published", || async {
+        let published = relay.publish_batch().await.unwrap();
+        (total.fetch_add(published, Ordering::SeqCst) + published == 2).then_some(())
+    })
+    .await;
+    let order: Vec<String> = stream_contents(&direct, &env)
+        .await
+        .into_iter()
+        .map(|(_, e)| e.aggregate_id)
+        .collect();
+    assert_eq!(order, vec!["slow", "fast"], "published in commit-safe order");
+
+    // Nothing is left behind and nothing is published twice.
+    assert_eq!(relay.publish_batch().await.unwrap(), 0);
+    assert_eq!(message_count(&direct, &env).await, 2);
+
+    env.cleanup().await;
+}

@@ -1,0 +1,71 @@
+//! Building and running the gateway.
+
+use std::net::SocketAddr;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::GraphQL;
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use tillstream_runtime::Shutdown;
+use tillstream_runtime::grpc_host::{self, HostError};
+use tillstream_runtime::ops::{self, Readiness};
+use tillstream_runtime::postgres::{self, PostgresReady};
+use tokio::net::TcpListener;
+
+use crate::Config;
+use crate::graphql;
+use crate::reads::Reads;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Postgres(#[from] postgres::PostgresError),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+}
+
+/// The gateway's HTTP routes: GraphQL, GraphiQL and the ops endpoints.
+pub fn router(reads: Reads, readiness: Readiness) -> Router {
+    let schema = graphql::schema(reads);
+    Router::new()
+        .route(
+            "/graphql",
+            get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) })
+                .post_service(GraphQL::new(schema)),
+        )
+        .merge(ops::router(readiness))
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        postgres::ensure_database(&config.database_url).await?;
+        let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
+        // The gateway may start before the projector: make sure the tables it reads exist.
+        tillstream_projections::migrate(&pool).await?;
+        let readiness = Readiness::default().with(PostgresReady { name: "postgres", pool: pool.clone() });
+        Ok(App {
+            listener: grpc_host::bind(config.http_addr).await?,
+            router: router(Reads::new(pool), readiness),
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+        ops::serve(self.listener, self.router, shutdown).await.map_err(AppError::Serve)
+    }
+}

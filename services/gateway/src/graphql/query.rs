@@ -1,0 +1,92 @@
+//! Query root.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, ID, Object, Result};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use uuid::Uuid;
+
+use super::types::{Order, User};
+use super::{coded, unavailable};
+use crate::reads::Reads;
+
+/// Largest page `orders(first:)` returns.
+const MAX_PAGE: i32 = 100;
+const CURSOR_PREFIX: &str = "order:";
+
+pub struct QueryRoot;
+
+fn parse_id(id: &ID, what: &str) -> Result<Uuid> {
+    Uuid::parse_str(id.as_str()).map_err(|_| coded(format!("`{what}` must be a UUID"), "BAD_USER_INPUT"))
+}
+
+fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<Uuid> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|s| s.strip_prefix(CURSOR_PREFIX).and_then(|id| Uuid::parse_str(id).ok()))
+        .ok_or_else(|| coded("`after` is not a cursor this API returned", "BAD_USER_INPUT"))
+}
+
+#[Object]
+impl QueryRoot {
+    /// A user by id, or null when there is none.
+    async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
+        let id = parse_id(&id, "id")?;
+        let reads = ctx.data::<Reads>()?;
+        Ok(reads.user(id).await.map_err(unavailable)?.map(User::from))
+    }
+
+    /// An order by id, with its items, or null when there is none.
+    async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Order>> {
+        let id = parse_id(&id, "id")?;
+        let reads = ctx.data::<Reads>()?;
+        Ok(reads.order(id).await.map_err(unavailable)?.map(Order::from))
+    }
+
+    /// Orders newest first, optionally of one user, as a Relay connection.
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        user_id: Option<ID>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> Result<Connection<String, Order>> {
+        if !(1..=MAX_PAGE).contains(&first) {
+            return Err(coded(format!("`first` must be 1 to {MAX_PAGE}"), "BAD_USER_INPUT"));
+        }
+        let user_id = user_id.as_ref().map(|id| parse_id(id, "userId")).transpose()?;
+        let before = after.as_deref().map(decode_cursor).transpose()?;
+        let reads = ctx.data::<Reads>()?;
+        let mut rows = reads
+            .orders(user_id, before, i64::from(first) + 1)
+            .await
+            .map_err(unavailable)?;
+        let has_next = rows.len() > first as usize;
+        rows.truncate(first as usize);
+        let mut connection = Connection::new(before.is_some(), has_next);
+        connection.edges.extend(
+            rows.into_iter()
+                .map(|row| Edge::new(encode_cursor(row.order.id), Order::from(row))),
+        );
+        Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        assert!(decode_cursor("not-a-cursor").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("user:x")).is_err());
+    }
+}

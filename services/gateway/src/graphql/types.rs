@@ -1,0 +1,130 @@
+//! GraphQL object types, built from read-model rows.
+
+use async_graphql::{Enum, ID, SimpleObject};
+use chrono::{DateTime, Utc};
+
+use crate::reads::{OrderItemRow, OrderWithItems, UserRow};
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    Customer,
+    Admin,
+    Service,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum UserStatus {
+    Active,
+    Deactivated,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OrderStatus {
+    Placed,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    fn from_read_model(value: &str) -> Self {
+        match value {
+            "PAID" => OrderStatus::Paid,
+            "SHIPPED" => OrderStatus::Shipped,
+            "DELIVERED" => OrderStatus::Delivered,
+            "CANCELLED" => OrderStatus::Cancelled,
+            _ => OrderStatus::Placed,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct User {
+    pub id: ID,
+    pub username: String,
+    pub email: String,
+    pub full_name: String,
+    pub role: Role,
+    pub status: UserStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The user's version: the sequence of the last event applied to this row.
+    pub version: i64,
+}
+
+impl From<UserRow> for User {
+    fn from(row: UserRow) -> Self {
+        User {
+            id: ID(row.id.to_string()),
+            username: row.username,
+            email: row.email,
+            full_name: row.full_name,
+            role: match row.role.as_str() {
+                "admin" => Role::Admin,
+                "service" => Role::Service,
+                _ => Role::Customer,
+            },
+            status: match row.status.as_str() {
+                "DEACTIVATED" => UserStatus::Deactivated,
+                _ => UserStatus::Active,
+            },
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            version: row.version,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct OrderItem {
+    pub sku: String,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+    pub line_total_cents: i64,
+}
+
+impl From<OrderItemRow> for OrderItem {
+    fn from(row: OrderItemRow) -> Self {
+        OrderItem {
+            sku: row.sku,
+            name: row.name,
+            quantity: row.quantity,
+            unit_price_cents: row.unit_price_cents,
+            line_total_cents: row.line_total_cents,
+        }
+    }
+}
+
+#[derive(SimpleObject, Clone, Debug)]
+pub struct Order {
+    pub id: ID,
+    pub user_id: ID,
+    pub status: OrderStatus,
+    pub items: Vec<OrderItem>,
+    /// Sum of the lines, in minor units of `currency`.
+    pub total_cents: i64,
+    /// ISO 4217.
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The order's version: the sequence of the last event applied to this row.
+    pub version: i64,
+}
+
+impl From<OrderWithItems> for Order {
+    fn from(o: OrderWithItems) -> Self {
+        Order {
+            id: ID(o.order.id.to_string()),
+            user_id: ID(o.order.user_id.to_string()),
+            status: OrderStatus::from_read_model(&o.order.status),
+            items: o.items.into_iter().map(OrderItem::from).collect(),
+            total_cents: o.order.total_cents,
+            currency: o.order.currency,
+            created_at: o.order.created_at,
+            updated_at: o.order.updated_at,
+            version: o.order.version,
+        }
+    }
+}

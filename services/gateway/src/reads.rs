@@ -1,0 +1,123 @@
+//! Queries on the read models (`users`, `orders`, `order_items`). All SQL of the gateway
+//! lives here; every query is parameterised.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub username: String,
+    pub full_name: String,
+    pub role: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: String,
+    pub total_cents: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderItemRow {
+    pub order_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+    pub line_total_cents: i64,
+}
+
+/// An order with its lines.
+#[derive(Debug, Clone)]
+pub struct OrderWithItems {
+    pub order: OrderRow,
+    pub items: Vec<OrderItemRow>,
+}
+
+#[derive(Clone)]
+pub struct Reads {
+    pool: PgPool,
+}
+
+impl Reads {
+    pub fn new(pool: PgPool) -> Self {
+        Reads { pool }
+    }
+
+    pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+        sqlx::query_as("SELECT id, email, username, full_name, role, status, created_at, updated_at, version FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    pub async fn order(&self, id: Uuid) -> Result<Option<OrderWithItems>, sqlx::Error> {
+        let order: Option<OrderRow> = sqlx::query_as(
+            "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM orders WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match order {
+            Some(order) => Ok(self.with_items(vec![order]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    /// Orders newest first (UUIDv7 ids sort by creation time), optionally of one user,
+    /// strictly older than `before` when given. Returns up to `limit` orders.
+    pub async fn orders(&self, user_id: Option<Uuid>, before: Option<Uuid>, limit: i64) -> Result<Vec<OrderWithItems>, sqlx::Error> {
+        let orders: Vec<OrderRow> = sqlx::query_as(
+            "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM orders \
+             WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::uuid IS NULL OR id < $2) \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(user_id)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        self.with_items(orders).await
+    }
+
+    /// Loads the lines of every order in one query.
+    async fn with_items(&self, orders: Vec<OrderRow>) -> Result<Vec<OrderWithItems>, sqlx::Error> {
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+        let rows: Vec<OrderItemRow> = sqlx::query_as(
+            "SELECT order_id, sku, name, quantity, unit_price_cents, line_total_cents FROM order_items \
+             WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_order: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
+        for row in rows {
+            by_order.entry(row.order_id).or_default().push(row);
+        }
+        Ok(orders
+            .into_iter()
+            .map(|order| OrderWithItems {
+                items: by_order.remove(&order.id).unwrap_or_default(),
+                order,
+            })
+            .collect())
+    }
+}
