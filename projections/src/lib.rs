@@ -13,7 +13,7 @@
 //!
 //! Read models: `users`, `orders`, `order_items` ([`read_model`]).
 
-mod app;
+pub mod app;
 mod config;
 mod projector;
 pub mod read_model;

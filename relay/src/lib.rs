@@ -29,7 +29,7 @@
 //! relay retries with bounded exponential backoff, so events committed meanwhile are
 //! published once it is back.
 
-mod app;
+pub mod app;
 mod config;
 mod relay;
 

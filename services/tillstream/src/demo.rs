@@ -1,0 +1,139 @@
+//! Demo data for `tillstream up`: one customer and an order with two items, placed through
+//! the public gRPC API like any client would.
+//!
+//! The customer's password is random, generated at the first seeding and kept in
+//! `<data_dir>/demo.json` (mode 0600) with the ids, so later starts show the same data
+//! instead of adding more.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::json;
+use tillstream_proto::order::v1::{self as order_pb, order_service_client::OrderServiceClient};
+use tillstream_proto::user::v1::{self as user_pb, user_service_client::UserServiceClient};
+use tonic::Request;
+
+const DEMO_FILE: &str = "demo.json";
+const DEMO_EMAIL: &str = "demo@tillstream.local";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot reach a service: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Rejected(#[from] tonic::Status),
+    #[error("demo file: {0}")]
+    File(#[from] std::io::Error),
+    #[error("demo file is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("cannot generate a password: {0}")]
+    Random(String),
+}
+
+/// What the demo consists of.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    pub email: String,
+    pub password: String,
+    pub user_id: String,
+    pub order_id: String,
+}
+
+fn random_password() -> Result<String, DemoError> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| DemoError::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Seeds the demo once per data folder; returns what was seeded (now or before).
+pub async fn seed(data_dir: &Path, user_grpc: SocketAddr, order_grpc: SocketAddr) -> Result<Demo, DemoError> {
+    let file = data_dir.join(DEMO_FILE);
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let saved: serde_json::Value = serde_json::from_str(&text)?;
+        let field = |k: &str| saved[k].as_str().unwrap_or_default().to_owned();
+        return Ok(Demo {
+            email: field("email"),
+            password: field("password"),
+            user_id: field("user_id"),
+            order_id: field("order_id"),
+        });
+    }
+
+    let mut users = UserServiceClient::connect(format!("http://{user_grpc}")).await?;
+    let mut orders = OrderServiceClient::connect(format!("http://{order_grpc}")).await?;
+    let password = random_password()?;
+    let registered = users
+        .register_user(user_pb::RegisterUserRequest {
+            email: DEMO_EMAIL.to_owned(),
+            username: "demo".to_owned(),
+            password: password.clone(),
+            full_name: "Demo Customer".to_owned(),
+            idempotency_key: String::new(),
+        })
+        .await?
+        .into_inner();
+    let login = users
+        .login(user_pb::LoginRequest {
+            email: DEMO_EMAIL.to_owned(),
+            password: password.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut place = Request::new(order_pb::PlaceOrderRequest {
+        user_id: registered.id.clone(),
+        items: vec![
+            order_pb::OrderItem {
+                sku: "TEA-GREEN-100G".to_owned(),
+                name: "Green tea, 100 g".to_owned(),
+                quantity: 2,
+                unit_price_cents: 650,
+            },
+            order_pb::OrderItem {
+                sku: "MUG-STONE".to_owned(),
+                name: "Stoneware mug".to_owned(),
+                quantity: 1,
+                unit_price_cents: 1800,
+            },
+        ],
+        currency: "EUR".to_owned(),
+        shipping_address: None,
+        note: "demo order".to_owned(),
+        idempotency_key: String::new(),
+    });
+    let bearer = format!("Bearer {}", login.access_token)
+        .parse()
+        .map_err(|_| tonic::Status::internal("token is not valid metadata"))?;
+    place.metadata_mut().insert("authorization", bearer);
+    let placed = orders.place_order(place).await?.into_inner();
+
+    let demo = Demo {
+        email: DEMO_EMAIL.to_owned(),
+        password,
+        user_id: registered.id,
+        order_id: placed.id,
+    };
+    let saved = json!({
+        "email": demo.email, "password": demo.password,
+        "user_id": demo.user_id, "order_id": demo.order_id,
+    });
+    write_private(&file, serde_json::to_string_pretty(&saved)?.as_bytes())?;
+    Ok(demo)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}

@@ -1,0 +1,88 @@
+//! `tillstream up`: the whole platform on local defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tillstream::{Platform, PlatformConfig, demo};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Postgres server; databases `<prefix>_users`, `_orders`, `_reads` are created on it.
+    #[arg(long, env = "TILLSTREAM_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
+    /// Prefix of the databases.
+    #[arg(long, env = "TILLSTREAM_DATABASE_PREFIX", default_value = "tillstream")]
+    database_prefix: String,
+    /// NATS server with JetStream.
+    #[arg(long, env = "TILLSTREAM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Prefix of every stream and subject (empty: the public names).
+    #[arg(long, env = "TILLSTREAM_NAMESPACE", default_value = "")]
+    namespace: String,
+    /// Replicas of each stream (1 on one machine, 3 in a cluster).
+    #[arg(long, env = "TILLSTREAM_STREAM_REPLICAS", default_value_t = 1)]
+    stream_replicas: usize,
+    /// Folder for generated development keys and the demo credentials.
+    #[arg(long, env = "TILLSTREAM_DATA_DIR", default_value = ".data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "TILLSTREAM_USER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    user_grpc_addr: SocketAddr,
+    #[arg(long, env = "TILLSTREAM_ORDER_GRPC_ADDR", default_value = "127.0.0.1:50052")]
+    order_grpc_addr: SocketAddr,
+    /// GraphQL (and the gateway's /healthz, /readyz, /metrics).
+    #[arg(long, env = "TILLSTREAM_GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    gateway_http_addr: SocketAddr,
+    /// First of five consecutive ports for the ops endpoints of user, order, the two relays
+    /// and the projector.
+    #[arg(long, env = "TILLSTREAM_OPS_BASE_PORT", default_value_t = 9101)]
+    ops_base_port: u16,
+    /// Do not seed the demo customer and order.
+    #[arg(long)]
+    no_demo: bool,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data folder {}", args.data_dir.display()))?;
+    let ops = |i: u16| SocketAddr::from(([127, 0, 0, 1], args.ops_base_port + i));
+    let config = PlatformConfig {
+        postgres_url: args.postgres_url,
+        database_prefix: args.database_prefix,
+        nats_url: args.nats_url,
+        namespace: args.namespace,
+        stream_replicas: args.stream_replicas,
+        data_dir: args.data_dir.clone(),
+        user_grpc_addr: args.user_grpc_addr,
+        order_grpc_addr: args.order_grpc_addr,
+        gateway_http_addr: args.gateway_http_addr,
+        ops_addrs: [ops(0), ops(1), ops(2), ops(3), ops(4)],
+        db_pool_size: 10,
+    };
+    let platform = Platform::build(config).await.context("starting the platform")?;
+    let addrs = platform.addresses();
+    let shutdown = tillstream_runtime::shutdown::on_signal();
+    let running = tokio::spawn(platform.run(shutdown.clone()));
+
+    println!("tillstream is up");
+    println!("  GraphQL   http://{}/graphql   (GraphiQL in a browser)", addrs.gateway_http);
+    println!("  gRPC      users {}   orders {}", addrs.user_grpc, addrs.order_grpc);
+    println!(
+        "  ops       /healthz /readyz /metrics on {} (gateway) and {}",
+        addrs.gateway_http,
+        addrs.ops.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    );
+    if !args.no_demo {
+        match demo::seed(&args.data_dir, addrs.user_grpc, addrs.order_grpc).await {
+            Ok(d) => {
+                println!("  demo      customer {} (password in {}/demo.json)", d.email, args.data_dir.display());
+                println!("            try:  {{ order(id: \"{}\") {{ status totalCents currency items {{ sku quantity lineTotalCents }} }} }}", d.order_id);
+                println!("            or:   {{ orders(userId: \"{}\") {{ edges {{ node {{ id totalCents }} }} }} }}", d.user_id);
+            }
+            Err(error) => eprintln!("  demo data could not be seeded: {error}"),
+        }
+    }
+    println!("Ctrl-C stops everything.");
+    running.await.context("platform task")??;
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! End to end: the whole platform in-process on random ports, with its own databases and
+//! stream namespace, against the machine's real Postgres and NATS JetStream.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tillstream::{Platform, PlatformConfig};
+use tillstream_proto::order::v1::{self as order_pb, order_service_client::OrderServiceClient};
+use tillstream_proto::user::v1::{self as user_pb, user_service_client::UserServiceClient};
+use tillstream_runtime::Shutdown;
+use tillstream_testkit::{TestEnv, eventually, nats_url, postgres_url};
+use tonic::{Code, Request};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+async fn graphql(http: &reqwest::Client, url: &str, query: &str, variables: Value) -> Value {
+    http.post(url)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .expect("gateway answers")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
+fn item(sku: &str, name: &str, quantity: u32, unit_price_cents: i64) -> order_pb::OrderItem {
+    order_pb::OrderItem {
+        sku: sku.into(),
+        name: name.into(),
+        quantity,
+        unit_price_cents,
+    }
+}
+
+#[tokio::test]
+async fn an_order_placed_over_grpc_is_answered_by_graphql() {
+    let env = TestEnv::new();
+    // Register the test's databases for cleanup (the platform creates them).
+    for db in ["users", "orders", "reads"] {
+        env.database_url(db);
+    }
+    let config = PlatformConfig::on_random_ports(
+        postgres_url(),
+        env.id.clone(),
+        nats_url(),
+        env.namespace.prefix().to_owned(),
+        env.data_dir.clone(),
+    );
+    let platform = Platform::build(config).await.expect("platform starts");
+    let addrs = platform.addresses();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(platform.run(shutdown.clone()));
+
+    let mut users = UserServiceClient::connect(format!("http://{}", addrs.user_grpc)).await.unwrap();
+    let mut orders = OrderServiceClient::connect(format!("http://{}", addrs.order_grpc)).await.unwrap();
+
+    let registered = users
+        .register_user(user_pb::RegisterUserRequest {
+            email: "Grace@Example.com".into(),
+            username: "grace".into(),
+            password: "a long enough password".into(),
+            full_name: "Grace Hopper".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("registration succeeds")
+        .into_inner();
+    assert_eq!(registered.version, 1);
+
+    let duplicate = users
+        .register_user(user_pb::RegisterUserRequest {
+            email: "grace@example.com".into(),
+            username: "grace2".into(),
+            password: "another long password".into(),
+            full_name: "Someone Else".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect_err("the email is taken");
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+
+    let wrong = users
+        .login(user_pb::LoginRequest {
+            email: "grace@example.com".into(),
+            password: "not the password".into(),
+        })
+        .await
+        .expect_err("wrong password");
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let login = users
+        .login(user_pb::LoginRequest {
+            email: "grace@example.com".into(),
+            password: "a long enough password".into(),
+        })
+        .await
+        .expect("login succeeds")
+        .into_inner();
+    assert_eq!(login.user_id, registered.id);
+    let token = login.access_token;
+
+    // Without a token, and with an empty order: refused with clear codes.
+    let anonymous = orders
+        .place_order(order_pb::PlaceOrderRequest {
+            user_id: registered.id.clone(),
+            items: vec![item("A", "a", 1, 1)],
+            currency: "EUR".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a token is required");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let empty = orders
+        .place_order(authorized(
+            order_pb::PlaceOrderRequest {
+                user_id: registered.id.clone(),
+                items: vec![],
+                currency: "EUR".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect_err("an order needs items");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+
+    let placed = orders
+        .place_order(authorized(
+            order_pb::PlaceOrderRequest {
+                user_id: registered.id.clone(),
+                items: vec![item("TEA-1", "Green tea", 3, 450), item("MUG-2", "Mug", 1, 1200)],
+                currency: "EUR".into(),
+                note: "e2e".into(),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("the order is placed")
+        .into_inner();
+    assert_eq!(placed.version, 1);
+
+    // The order travels event store → relay → JetStream → projector → read model → GraphQL.
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/graphql", addrs.gateway_http);
+    let query = "query($id: ID!) { order(id: $id) { id userId status totalCents currency version \
+                 items { sku name quantity unitPriceCents lineTotalCents } } }";
+    let order = eventually(DEADLINE, "the order in GraphQL", || async {
+        let body = graphql(&http, &url, query, json!({ "id": placed.id })).await;
+        let order = body["data"]["order"].clone();
+        (!order.is_null()).then_some(order)
+    })
+    .await;
+    assert_eq!(order["userId"], json!(registered.id));
+    assert_eq!(order["status"], "PLACED");
+    assert_eq!(order["totalCents"], 3 * 450 + 1200);
+    assert_eq!(order["currency"], "EUR");
+    assert_eq!(
+        order["items"],
+        json!([
+            {"sku": "TEA-1", "name": "Green tea", "quantity": 3, "unitPriceCents": 450, "lineTotalCents": 1350},
+            {"sku": "MUG-2", "name": "Mug", "quantity": 1, "unitPriceCents": 1200, "lineTotalCents": 1200},
+        ])
+    );
+
+    let page = graphql(
+        &http,
+        &url,
+        "query($u: ID!) { orders(userId: $u, first: 10) { edges { node { id totalCents } } pageInfo { hasNextPage } } }",
+        json!({ "u": registered.id }),
+    )
+    .await;
+    assert_eq!(page["data"]["orders"]["edges"][0]["node"]["id"], json!(placed.id));
+    assert_eq!(page["data"]["orders"]["pageInfo"]["hasNextPage"], false);
+
+    let user = eventually(DEADLINE, "the user in GraphQL", || async {
+        let body = graphql(&http, &url, "query($id: ID!) { user(id: $id) { email fullName role status } }", json!({ "id": registered.id })).await;
+        let user = body["data"]["user"].clone();
+        (!user.is_null()).then_some(user)
+    })
+    .await;
+    assert_eq!(user, json!({"email": "grace@example.com", "fullName": "Grace Hopper", "role": "CUSTOMER", "status": "ACTIVE"}));
+
+    let bad = graphql(&http, &url, "{ order(id: \"nope\") { id } }", json!({})).await;
+    assert_eq!(bad["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+
+    // Every service reports ready.
+    for ops in addrs.ops.iter().chain([&addrs.gateway_http]) {
+        let ready = http.get(format!("http://{ops}/readyz")).send().await.unwrap();
+        assert!(ready.status().is_success(), "{ops} is ready");
+    }
+
+    shutdown.cancel();
+    running.await.unwrap().expect("platform stops cleanly");
+    env.cleanup().await;
+}
