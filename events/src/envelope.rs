@@ -75,7 +75,10 @@ pub fn wire_payload(event_type: &str, stored: Value) -> Value {
 }
 
 /// Decodes a wire payload of type `event_type` into an aggregate's event enum.
-pub fn decode<E: DeserializeOwned>(event_type: &str, payload: Value) -> Result<E, serde_json::Error> {
+pub fn decode<E: DeserializeOwned>(
+    event_type: &str,
+    payload: Value,
+) -> Result<E, serde_json::Error> {
     let mut tagged = serde_json::Map::with_capacity(1);
     tagged.insert(event_type.to_owned(), payload);
     serde_json::from_value(Value::Object(tagged))

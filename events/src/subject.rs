@@ -45,7 +45,10 @@ impl Namespace {
         if self.prefix.is_empty() {
             name.to_owned()
         } else {
-            format!("{}_{name}", self.prefix.to_ascii_uppercase().replace('-', "_"))
+            format!(
+                "{}_{name}",
+                self.prefix.to_ascii_uppercase().replace('-', "_")
+            )
         }
     }
 

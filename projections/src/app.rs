@@ -48,10 +48,18 @@ impl App {
         migrate(&pool).await?;
         let client = nats::connect(&config.nats_url, "tillstream-projector", false).await?;
         let readiness = Readiness::default()
-            .with(PostgresReady { name: "postgres", pool: pool.clone() })
+            .with(PostgresReady {
+                name: "postgres",
+                pool: pool.clone(),
+            })
             .with(NatsReady(client.clone()));
         Ok(App {
-            projector: Projector::new(pool, client, Namespace::new(config.namespace)?, config.stream_replicas),
+            projector: Projector::new(
+                pool,
+                client,
+                Namespace::new(config.namespace)?,
+                config.stream_replicas,
+            ),
             ops: grpc_host::bind(config.ops_addr).await?,
             readiness,
         })

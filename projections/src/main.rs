@@ -1,7 +1,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "tillstream-projector", version, about = "Builds the read models from the EVENTS stream")]
+#[command(
+    name = "tillstream-projector",
+    version,
+    about = "Builds the read models from the EVENTS stream"
+)]
 struct Cli {
     #[command(flatten)]
     config: tillstream_projections::Config,

@@ -44,7 +44,12 @@ pub struct Projector {
 }
 
 impl Projector {
-    pub fn new(pool: PgPool, nats: async_nats::Client, namespace: Namespace, replicas: usize) -> Self {
+    pub fn new(
+        pool: PgPool,
+        nats: async_nats::Client,
+        namespace: Namespace,
+        replicas: usize,
+    ) -> Self {
         Projector {
             pool,
             js: jetstream::new(nats),
@@ -71,7 +76,11 @@ impl Projector {
         tracing::info!("projector stopped");
     }
 
-    async fn consume(&self, shutdown: &Shutdown, backoff: &mut Backoff) -> Result<(), ProjectorError> {
+    async fn consume(
+        &self,
+        shutdown: &Shutdown,
+        backoff: &mut Backoff,
+    ) -> Result<(), ProjectorError> {
         ensure_streams(&self.js, &self.namespace, self.replicas).await?;
         let stream = self
             .js
@@ -118,7 +127,8 @@ impl Projector {
             Ok(envelope) => envelope,
             Err(error) => {
                 tracing::error!(subject = %message.subject, %error, "undecodable message on the events stream; terminated");
-                metrics::counter!("tillstream_projection_poison_total", "projection" => PROJECTION).increment(1);
+                metrics::counter!("tillstream_projection_poison_total", "projection" => PROJECTION)
+                    .increment(1);
                 let _ = message.ack_with(AckKind::Term).await;
                 return;
             }
@@ -126,8 +136,12 @@ impl Projector {
         let ack = match self.apply(&envelope).await {
             Ok(ApplyOutcome::Applied) => {
                 metrics::counter!("tillstream_projection_applied_total", "projection" => PROJECTION).increment(1);
-                let lag = (chrono::Utc::now() - envelope.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics::gauge!("tillstream_projection_lag_seconds", "projection" => PROJECTION).set(lag);
+                let lag = (chrono::Utc::now() - envelope.occurred_at)
+                    .num_milliseconds()
+                    .max(0) as f64
+                    / 1000.0;
+                metrics::gauge!("tillstream_projection_lag_seconds", "projection" => PROJECTION)
+                    .set(lag);
                 AckKind::Ack
             }
             Ok(ApplyOutcome::Duplicate) => {
@@ -144,7 +158,8 @@ impl Projector {
             }
             Err(error) => {
                 tracing::error!(id = %envelope.message_id(), %error, "event cannot be projected; terminated");
-                metrics::counter!("tillstream_projection_poison_total", "projection" => PROJECTION).increment(1);
+                metrics::counter!("tillstream_projection_poison_total", "projection" => PROJECTION)
+                    .increment(1);
                 AckKind::Term
             }
         };

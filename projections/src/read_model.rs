@@ -2,7 +2,9 @@
 //! projector's transaction; none commits.
 
 use sqlx::{Postgres, Transaction};
-use tillstream_events::{EventEnvelope, OrderEvent, OrderStatus, UserEvent, UserStatus, order, user};
+use tillstream_events::{
+    EventEnvelope, OrderEvent, OrderStatus, UserEvent, UserStatus, order, user,
+};
 use uuid::Uuid;
 
 /// The name under which this projection keeps its checkpoints.
@@ -25,7 +27,10 @@ fn uuid(raw: &str) -> Result<Uuid, ApplyError> {
 }
 
 /// Applies one event to the read models.
-pub async fn apply(tx: &mut Transaction<'_, Postgres>, event: &EventEnvelope) -> Result<(), ApplyError> {
+pub async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+) -> Result<(), ApplyError> {
     match event.aggregate_type.as_str() {
         user::AGGREGATE_TYPE => apply_user(tx, event, event.decode()?).await,
         order::AGGREGATE_TYPE => apply_order(tx, event, event.decode()?).await,
@@ -33,7 +38,11 @@ pub async fn apply(tx: &mut Transaction<'_, Postgres>, event: &EventEnvelope) ->
     }
 }
 
-async fn apply_user(tx: &mut Transaction<'_, Postgres>, event: &EventEnvelope, payload: UserEvent) -> Result<(), ApplyError> {
+async fn apply_user(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+    payload: UserEvent,
+) -> Result<(), ApplyError> {
     let id = uuid(&event.aggregate_id)?;
     match payload {
         UserEvent::UserRegistered(e) => {
@@ -56,7 +65,11 @@ async fn apply_user(tx: &mut Transaction<'_, Postgres>, event: &EventEnvelope, p
     Ok(())
 }
 
-async fn apply_order(tx: &mut Transaction<'_, Postgres>, event: &EventEnvelope, payload: OrderEvent) -> Result<(), ApplyError> {
+async fn apply_order(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+    payload: OrderEvent,
+) -> Result<(), ApplyError> {
     let id = uuid(&event.aggregate_id)?;
     match payload {
         OrderEvent::OrderPlaced(e) => {

@@ -45,10 +45,20 @@ impl App {
         let client = nats::connect(&config.nats_url, "tillstream-relay", false).await?;
         let namespace = Namespace::new(config.namespace)?;
         let readiness = Readiness::default()
-            .with(PostgresReady { name: "postgres", pool: pool.clone() })
+            .with(PostgresReady {
+                name: "postgres",
+                pool: pool.clone(),
+            })
             .with(NatsReady(client.clone()));
         Ok(App {
-            relay: Relay::new(pool, client, namespace, config.name, config.batch_size, config.stream_replicas),
+            relay: Relay::new(
+                pool,
+                client,
+                namespace,
+                config.name,
+                config.batch_size,
+                config.stream_replicas,
+            ),
             ops: grpc_host::bind(config.ops_addr).await?,
             readiness,
         })

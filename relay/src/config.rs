@@ -5,25 +5,48 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// The event store to relay (a command service's database).
-    #[arg(long = "database-url", env = "TILLSTREAM_RELAY_DATABASE_URL",
-          default_value = "postgres://postgres@127.0.0.1:5432/tillstream_orders")]
+    #[arg(
+        long = "database-url",
+        env = "TILLSTREAM_RELAY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_orders"
+    )]
     pub database_url: String,
     /// Name of this relay's checkpoint; one relay per event store.
-    #[arg(long = "name", env = "TILLSTREAM_RELAY_NAME", default_value = "jetstream")]
+    #[arg(
+        long = "name",
+        env = "TILLSTREAM_RELAY_NAME",
+        default_value = "jetstream"
+    )]
     pub name: String,
     /// NATS server URL.
-    #[arg(long = "nats-url", env = "TILLSTREAM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "TILLSTREAM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Prefix of every stream and subject (empty: the public names).
     #[arg(long = "namespace", env = "TILLSTREAM_NAMESPACE", default_value = "")]
     pub namespace: String,
     /// Replicas of each stream (1 on one machine, 3 in a cluster).
-    #[arg(long = "stream-replicas", env = "TILLSTREAM_STREAM_REPLICAS", default_value_t = 1)]
+    #[arg(
+        long = "stream-replicas",
+        env = "TILLSTREAM_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
     pub stream_replicas: usize,
     /// Most events published per batch.
-    #[arg(long = "batch-size", env = "TILLSTREAM_RELAY_BATCH_SIZE", default_value_t = 500)]
+    #[arg(
+        long = "batch-size",
+        env = "TILLSTREAM_RELAY_BATCH_SIZE",
+        default_value_t = 500
+    )]
     pub batch_size: i64,
     /// /healthz, /readyz, /metrics listen address.
-    #[arg(long = "ops-addr", env = "TILLSTREAM_RELAY_OPS_ADDR", default_value = "127.0.0.1:9103")]
+    #[arg(
+        long = "ops-addr",
+        env = "TILLSTREAM_RELAY_OPS_ADDR",
+        default_value = "127.0.0.1:9103"
+    )]
     pub ops_addr: SocketAddr,
 }

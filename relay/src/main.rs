@@ -1,7 +1,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "tillstream-relay", version, about = "Publishes an event store's committed events to JetStream")]
+#[command(
+    name = "tillstream-relay",
+    version,
+    about = "Publishes an event store's committed events to JetStream"
+)]
 struct Cli {
     #[command(flatten)]
     config: tillstream_relay::Config,

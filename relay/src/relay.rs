@@ -50,7 +50,12 @@ impl StoredEvent {
     fn into_envelope(self) -> EventEnvelope {
         let sequence = u64::try_from(self.sequence).unwrap_or(0);
         EventEnvelope {
-            event_id: event_id(&self.aggregate_type, &self.aggregate_id, sequence, self.recorded_at),
+            event_id: event_id(
+                &self.aggregate_type,
+                &self.aggregate_id,
+                sequence,
+                self.recorded_at,
+            ),
             payload: wire_payload(&self.event_type, self.payload),
             metadata: EventMetadata::from_map(&self.metadata.0),
             aggregate_type: self.aggregate_type,
@@ -81,7 +86,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, nats: async_nats::Client, namespace: Namespace, name: String, batch_size: i64, replicas: usize) -> Self {
+    pub fn new(
+        pool: PgPool,
+        nats: async_nats::Client,
+        namespace: Namespace,
+        name: String,
+        batch_size: i64,
+        replicas: usize,
+    ) -> Self {
         let mut js = jetstream::new(nats);
         js.set_timeout(Duration::from_secs(5));
         Relay {
@@ -177,11 +189,12 @@ impl Relay {
     }
 
     async fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error> {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT txid::text, global_position FROM relay_checkpoints WHERE relay = $1")
-                .bind(&self.name)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT txid::text, global_position FROM relay_checkpoints WHERE relay = $1",
+        )
+        .bind(&self.name)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map_or(
             Checkpoint {
                 txid: "0".to_owned(),
@@ -223,13 +236,23 @@ impl Relay {
         let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(count);
         for row in rows {
             let envelope = row.into_envelope();
-            let body = serde_json::to_vec(&envelope).map_err(|e| RelayError::Encode(envelope.message_id(), e))?;
+            let body = serde_json::to_vec(&envelope)
+                .map_err(|e| RelayError::Encode(envelope.message_id(), e))?;
             let message = PublishMessage::build()
                 .payload(body.into())
-                .message_id(message_id(&envelope.aggregate_type, &envelope.aggregate_id, envelope.sequence))
+                .message_id(message_id(
+                    &envelope.aggregate_type,
+                    &envelope.aggregate_id,
+                    envelope.sequence,
+                ))
                 .header("Tillstream-Event-Type", envelope.event_type.as_str())
-                .header("Tillstream-Sequence", envelope.sequence.to_string().as_str());
-            let subject = self.namespace.event_subject(&envelope.aggregate_type, &envelope.aggregate_id);
+                .header(
+                    "Tillstream-Sequence",
+                    envelope.sequence.to_string().as_str(),
+                );
+            let subject = self
+                .namespace
+                .event_subject(&envelope.aggregate_type, &envelope.aggregate_id);
             acks.push(self.js.send_publish(subject, message).await?);
         }
         let mut duplicates = 0u64;

@@ -34,7 +34,9 @@ async fn stream_contents(js: &jetstream::Context, env: &TestEnv) -> Vec<(String,
     let count = stream.cached_info().state.messages;
     let mut out = Vec::new();
     for seq in 1..=count {
-        let Ok(raw) = stream.get_raw_message(seq).await else { continue };
+        let Ok(raw) = stream.get_raw_message(seq).await else {
+            continue;
+        };
         let id = raw
             .headers
             .get("Nats-Msg-Id")
@@ -58,15 +60,28 @@ async fn relay_catches_up_after_nats_was_unreachable() {
     let (_, pool) = env.database("orders").await;
     event_store::migrate(&pool).await.unwrap();
     let direct = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-    nats::ensure_streams(&direct, &env.namespace, 1).await.unwrap();
+    nats::ensure_streams(&direct, &env.namespace, 1)
+        .await
+        .unwrap();
 
     let nats_addr = nats_url().trim_start_matches("nats://").parse().unwrap();
     let proxy = CuttableProxy::start(nats_addr).await.unwrap();
-    let relayed = nats::connect(&format!("nats://{}", proxy.addr()), "relay-under-test", false)
-        .await
-        .unwrap();
+    let relayed = nats::connect(
+        &format!("nats://{}", proxy.addr()),
+        "relay-under-test",
+        false,
+    )
+    .await
+    .unwrap();
     let shutdown = Shutdown::new();
-    let relay = Relay::new(pool.clone(), relayed.clone(), env.namespace.clone(), "test".into(), 100, 1);
+    let relay = Relay::new(
+        pool.clone(),
+        relayed.clone(),
+        env.namespace.clone(),
+        "test".into(),
+        100,
+        1,
+    );
     let running = tokio::spawn(relay.run(shutdown.clone()));
 
     // A first event flows while NATS is reachable.
@@ -86,7 +101,11 @@ async fn relay_catches_up_after_nats_was_unreachable() {
         insert_event(&pool, "o-1", seq).await;
     }
     insert_event(&pool, "o-2", 1).await;
-    assert_eq!(message_count(&direct, &env).await, 1, "nothing passes the cut link");
+    assert_eq!(
+        message_count(&direct, &env).await,
+        1,
+        "nothing passes the cut link"
+    );
 
     // NATS comes back: every event committed meanwhile is published, once, in order.
     proxy.restore();
@@ -102,22 +121,41 @@ async fn relay_catches_up_after_nats_was_unreachable() {
         .collect();
     assert_eq!(o1, vec![1, 2, 3, 4], "per-aggregate order is kept");
     assert_eq!(contents[0].0, "order:o-1:1");
-    assert_eq!(contents[0].1.payload, serde_json::json!({"seq": 1}), "wire payload is unwrapped");
-    let published: i64 = sqlx::query_scalar("SELECT published FROM relay_checkpoints WHERE relay = 'test'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        contents[0].1.payload,
+        serde_json::json!({"seq": 1}),
+        "wire payload is unwrapped"
+    );
+    let published: i64 =
+        sqlx::query_scalar("SELECT published FROM relay_checkpoints WHERE relay = 'test'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(published, 5);
 
     shutdown.cancel();
     running.await.unwrap();
 
     // A relay that lost its checkpoint republishes; JetStream's dedupe keeps one copy.
-    sqlx::query("DELETE FROM relay_checkpoints").execute(&pool).await.unwrap();
+    sqlx::query("DELETE FROM relay_checkpoints")
+        .execute(&pool)
+        .await
+        .unwrap();
     let client = async_nats::connect(nats_url()).await.unwrap();
-    let again = Relay::new(pool.clone(), client, env.namespace.clone(), "test".into(), 100, 1);
+    let again = Relay::new(
+        pool.clone(),
+        client,
+        env.namespace.clone(),
+        "test".into(),
+        100,
+        1,
+    );
     assert_eq!(again.publish_batch().await.unwrap(), 5);
-    assert_eq!(message_count(&direct, &env).await, 5, "republished events are deduplicated");
+    assert_eq!(
+        message_count(&direct, &env).await,
+        5,
+        "republished events are deduplicated"
+    );
 
     env.cleanup().await;
 }
@@ -129,14 +167,27 @@ async fn an_event_committed_late_with_an_earlier_position_is_not_skipped() {
     event_store::migrate(&pool).await.unwrap();
     let client = async_nats::connect(nats_url()).await.unwrap();
     let direct = jetstream::new(client.clone());
-    nats::ensure_streams(&direct, &env.namespace, 1).await.unwrap();
-    let relay = Relay::new(pool.clone(), client, env.namespace.clone(), "test".into(), 100, 1);
+    nats::ensure_streams(&direct, &env.namespace, 1)
+        .await
+        .unwrap();
+    let relay = Relay::new(
+        pool.clone(),
+        client,
+        env.namespace.clone(),
+        "test".into(),
+        100,
+        1,
+    );
 
     // Transaction A takes the earlier position but commits last.
     let mut slow = pool.begin().await.unwrap();
     insert_event(&mut *slow, "slow", 1).await;
     insert_event(&pool, "fast", 1).await; // B: later position, committed at once
-    assert_eq!(relay.publish_batch().await.unwrap(), 0, "B waits behind the open A");
+    assert_eq!(
+        relay.publish_batch().await.unwrap(),
+        0,
+        "B waits behind the open A"
+    );
 
     slow.commit().await.unwrap();
     let total = AtomicUsize::new(0);
@@ -150,7 +201,11 @@ async fn an_event_committed_late_with_an_earlier_position_is_not_skipped() {
         .into_iter()
         .map(|(_, e)| e.aggregate_id)
         .collect();
-    assert_eq!(order, vec!["slow", "fast"], "published in commit-safe order");
+    assert_eq!(
+        order,
+        vec!["slow", "fast"],
+        "published in commit-safe order"
+    );
 
     // Nothing is left behind and nothing is published twice.
     assert_eq!(relay.publish_batch().await.unwrap(), 0);

@@ -40,14 +40,16 @@ impl From<Claims> for Caller {
 
 /// Reads and verifies `authorization: Bearer <jwt>`.
 pub fn authenticate(verifier: &TokenVerifier, metadata: &MetadataMap) -> Result<Caller, Status> {
-    let header = metadata
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
+    let header = metadata.get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+    })?;
     let token = header
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
+        .ok_or_else(|| {
+            Status::unauthenticated("authorization metadata must be `Bearer <token>`")
+        })?;
     verifier
         .verify(token.trim())
         .map(Caller::from)
@@ -65,7 +67,11 @@ pub fn correlation_id(metadata: &MetadataMap) -> String {
 }
 
 /// Event metadata for a command from `caller` (None for open commands).
-pub fn event_metadata(metadata: &MetadataMap, caller: Option<&Caller>, idempotency_key: &str) -> EventMetadata {
+pub fn event_metadata(
+    metadata: &MetadataMap,
+    caller: Option<&Caller>,
+    idempotency_key: &str,
+) -> EventMetadata {
     let actor = caller.map_or_else(Actor::anonymous, |c| Actor::user(c.user_id.clone(), c.role));
     let mut meta = EventMetadata::new(correlation_id(metadata), actor);
     if !idempotency_key.is_empty() {
@@ -110,17 +116,25 @@ impl Violations {
 pub fn invalid_field(field: &str, description: &str) -> Status {
     let mut violations = Violations::default();
     violations.add(field, description);
-    violations.into_result().err().unwrap_or_else(|| Status::invalid_argument(description.to_owned()))
+    violations
+        .into_result()
+        .err()
+        .unwrap_or_else(|| Status::invalid_argument(description.to_owned()))
 }
 
 /// Maps an event-store failure to a status; `rejected` maps the aggregate's own errors.
-pub fn command_status<E: std::error::Error>(error: CommandError<E>, rejected: impl FnOnce(E) -> Status) -> Status {
+pub fn command_status<E: std::error::Error>(
+    error: CommandError<E>,
+    rejected: impl FnOnce(E) -> Status,
+) -> Status {
     match error {
         CommandError::Rejected(e) => rejected(e),
         conflict @ CommandError::Conflict { .. } => Status::aborted(conflict.to_string()),
         CommandError::Unavailable(detail) => {
             tracing::warn!(%detail, "event store unavailable");
-            Status::unavailable("the event store is unavailable; retry with the same idempotency key")
+            Status::unavailable(
+                "the event store is unavailable; retry with the same idempotency key",
+            )
         }
         CommandError::Internal(detail) => {
             tracing::error!(%detail, "event store error");
@@ -136,6 +150,8 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     router
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move { shutdown.cancelled().await })
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            shutdown.cancelled().await
+        })
         .await
 }

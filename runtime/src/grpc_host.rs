@@ -26,10 +26,14 @@ pub enum HostError {
     Grpc(#[from] tonic::transport::Error),
     #[error("ops server failed: {0}")]
     Ops(#[source] std::io::Error),
+    #[error("invalid file descriptor set for reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HostError> {
-    TcpListener::bind(addr).await.map_err(|source| HostError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HostError::Bind { addr, source })
 }
 
 fn local(listener: &TcpListener) -> SocketAddr {
@@ -59,8 +63,16 @@ impl GrpcHost {
         local(&self.ops)
     }
 
-    /// A server builder with the host's limits, serving `grpc.health.v1` for `service_name`.
-    pub async fn router(service_name: &str) -> tonic::transport::server::Router {
+    /// A server builder with the host's limits, serving `grpc.health.v1` for `service_name`
+    /// and gRPC reflection (v1) of `descriptors`, so grpcurl and similar tools need no
+    /// local copy of the protos.
+    pub async fn router(
+        service_name: &str,
+        descriptors: &'static [u8],
+    ) -> Result<tonic::transport::server::Router, HostError> {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(descriptors)
+            .build_v1()?;
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
             .set_service_status(service_name, tonic_health::ServingStatus::Serving)
@@ -68,9 +80,10 @@ impl GrpcHost {
         reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        tonic::transport::Server::builder()
+        Ok(tonic::transport::Server::builder()
             .timeout(REQUEST_TIMEOUT)
             .add_service(health)
+            .add_service(reflection))
     }
 
     /// Serves `router` and the ops endpoints until `shutdown` fires.

@@ -47,10 +47,13 @@ pub async fn connect(url: &str, name: &str, wait: bool) -> Result<async_nats::Cl
     if !wait {
         options = options.retry_on_initial_connect();
     }
-    options.connect(url).await.map_err(|source| NatsError::Connect {
-        url: url.to_owned(),
-        source,
-    })
+    options
+        .connect(url)
+        .await
+        .map_err(|source| NatsError::Connect {
+            url: url.to_owned(),
+            source,
+        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,7 +73,10 @@ struct StreamDefinition {
 
 /// The JetStream configuration of every stream in `nats/streams.json`, in `namespace`,
 /// with `replicas` copies each.
-pub fn stream_configs(namespace: &Namespace, replicas: usize) -> Result<Vec<stream::Config>, NatsError> {
+pub fn stream_configs(
+    namespace: &Namespace,
+    replicas: usize,
+) -> Result<Vec<stream::Config>, NatsError> {
     let definitions: Definitions = serde_json::from_str(STREAMS_JSON)?;
     Ok(definitions
         .streams
@@ -119,14 +125,20 @@ pub async fn ensure_streams(
         let name = config.name.clone();
         js.create_or_update_stream(config)
             .await
-            .map_err(|source| NatsError::Stream { name: name.clone(), source })?;
+            .map_err(|source| NatsError::Stream {
+                name: name.clone(),
+                source,
+            })?;
         tracing::debug!(stream = %name, "stream ready");
     }
     Ok(())
 }
 
 /// Deletes the namespace's streams (used by tests to leave nothing behind).
-pub async fn delete_streams(js: &jetstream::Context, namespace: &Namespace) -> Result<(), NatsError> {
+pub async fn delete_streams(
+    js: &jetstream::Context,
+    namespace: &Namespace,
+) -> Result<(), NatsError> {
     for config in stream_configs(namespace, 1)? {
         let _ = js.delete_stream(&config.name).await;
     }
@@ -159,7 +171,10 @@ mod tests {
     fn shipped_definitions_parse_and_follow_the_namespace() {
         let configs = stream_configs(&Namespace::new("t1").unwrap(), 3).unwrap();
         let events = configs.iter().find(|c| c.name == "T1_EVENTS").unwrap();
-        assert_eq!(events.subjects, vec!["t1.events.user.*", "t1.events.order.*"]);
+        assert_eq!(
+            events.subjects,
+            vec!["t1.events.user.*", "t1.events.order.*"]
+        );
         assert_eq!(events.num_replicas, 3);
         assert!(events.duplicate_window >= Duration::from_secs(600));
     }

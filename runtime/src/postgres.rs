@@ -4,9 +4,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+pub use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
-pub use sqlx::PgPool;
 
 use crate::ops::ReadinessCheck;
 
@@ -84,7 +84,10 @@ pub async fn drop_database(url: &str) -> Result<(), PostgresError> {
         .connect()
         .await
         .map_err(PostgresError::Connect)?;
-    let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&name));
+    let drop = format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(&name)
+    );
     sqlx::query(&drop)
         .execute(&mut admin)
         .await

@@ -105,18 +105,29 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TokenError> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| TokenError::KeyFile { path: path.to_owned(), source })?;
-    file.write_all(bytes)
-        .map_err(|source| TokenError::KeyFile { path: path.to_owned(), source })
+        .map_err(|source| TokenError::KeyFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    file.write_all(bytes).map_err(|source| TokenError::KeyFile {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(not(unix))]
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TokenError> {
-    std::fs::write(path, bytes).map_err(|source| TokenError::KeyFile { path: path.to_owned(), source })
+    std::fs::write(path, bytes).map_err(|source| TokenError::KeyFile {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TokenError> {
-    std::fs::read(path).map_err(|source| TokenError::KeyFile { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| TokenError::KeyFile {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn now() -> u64 {
@@ -135,7 +146,8 @@ pub struct TokenIssuer {
 
 impl TokenIssuer {
     pub fn load(paths: &KeyPaths, lifetime: Duration) -> Result<Self, TokenError> {
-        let key = EncodingKey::from_ed_pem(&read(&paths.private)?).map_err(TokenError::InvalidKey)?;
+        let key =
+            EncodingKey::from_ed_pem(&read(&paths.private)?).map_err(TokenError::InvalidKey)?;
         Ok(TokenIssuer { key, lifetime })
     }
 
@@ -154,7 +166,8 @@ impl TokenIssuer {
             iss: ISSUER.to_owned(),
             aud: ISSUER.to_owned(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key).map_err(TokenError::Sign)
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
+            .map_err(TokenError::Sign)
     }
 }
 
@@ -168,7 +181,8 @@ pub struct TokenVerifier {
 
 impl TokenVerifier {
     pub fn load(paths: &KeyPaths) -> Result<Self, TokenError> {
-        let key = DecodingKey::from_ed_pem(&read(&paths.public)?).map_err(TokenError::InvalidKey)?;
+        let key =
+            DecodingKey::from_ed_pem(&read(&paths.public)?).map_err(TokenError::InvalidKey)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[ISSUER]);

@@ -52,14 +52,19 @@ impl TestEnv {
     /// or by [`TestEnv::database`]). It is dropped by [`TestEnv::cleanup`].
     pub fn database_url(&self, suffix: &str) -> String {
         let name = format!("{}_{suffix}", self.id);
-        self.databases.lock().expect("not poisoned").push(name.clone());
+        self.databases
+            .lock()
+            .expect("not poisoned")
+            .push(name.clone());
         postgres::with_database(&postgres_url(), &name).expect("test Postgres URL is valid")
     }
 
     /// Creates the database and returns a pool on it.
     pub async fn database(&self, suffix: &str) -> (String, sqlx_pool::PgPool) {
         let url = self.database_url(suffix);
-        postgres::ensure_database(&url).await.expect("create test database");
+        postgres::ensure_database(&url)
+            .await
+            .expect("create test database");
         let pool = postgres::pool(&url, 5).expect("pool");
         (url, pool)
     }
@@ -103,7 +108,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
@@ -130,13 +138,17 @@ impl CuttableProxy {
                     _ = accept_stop.cancelled() => break,
                     accepted = listener.accept() => accepted,
                 };
-                let Ok((mut inbound, _)) = accepted else { continue };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
                 let token = accept_link.lock().expect("not poisoned").clone();
                 if token.is_cancelled() {
                     continue; // cut: drop the connection at once
                 }
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = token.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}

@@ -52,7 +52,10 @@ impl App {
         let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
         // The gateway may start before the projector: make sure the tables it reads exist.
         tillstream_projections::migrate(&pool).await?;
-        let readiness = Readiness::default().with(PostgresReady { name: "postgres", pool: pool.clone() });
+        let readiness = Readiness::default().with(PostgresReady {
+            name: "postgres",
+            pool: pool.clone(),
+        });
         Ok(App {
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(Reads::new(pool), readiness),
@@ -66,6 +69,8 @@ impl App {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
-        ops::serve(self.listener, self.router, shutdown).await.map_err(AppError::Serve)
+        ops::serve(self.listener, self.router, shutdown)
+            .await
+            .map_err(AppError::Serve)
     }
 }

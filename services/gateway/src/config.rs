@@ -5,13 +5,24 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Database of the read models.
-    #[arg(long = "database-url", env = "TILLSTREAM_READS_DATABASE_URL",
-          default_value = "postgres://postgres@127.0.0.1:5432/tillstream_reads")]
+    #[arg(
+        long = "database-url",
+        env = "TILLSTREAM_READS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_reads"
+    )]
     pub database_url: String,
     /// Maximum Postgres connections.
-    #[arg(long = "db-pool-size", env = "TILLSTREAM_DB_POOL_SIZE", default_value_t = 10)]
+    #[arg(
+        long = "db-pool-size",
+        env = "TILLSTREAM_DB_POOL_SIZE",
+        default_value_t = 10
+    )]
     pub db_pool_size: u32,
     /// HTTP listen address: /graphql, /healthz, /readyz, /metrics.
-    #[arg(long = "http-addr", env = "TILLSTREAM_GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "http-addr",
+        env = "TILLSTREAM_GATEWAY_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub http_addr: SocketAddr,
 }

@@ -1,7 +1,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "tillstream-gateway", version, about = "tillstream GraphQL gateway over the read models")]
+#[command(
+    name = "tillstream-gateway",
+    version,
+    about = "tillstream GraphQL gateway over the read models"
+)]
 struct Cli {
     #[command(flatten)]
     config: tillstream_gateway::Config,

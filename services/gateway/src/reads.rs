@@ -81,7 +81,12 @@ impl Reads {
 
     /// Orders newest first (UUIDv7 ids sort by creation time), optionally of one user,
     /// strictly older than `before` when given. Returns up to `limit` orders.
-    pub async fn orders(&self, user_id: Option<Uuid>, before: Option<Uuid>, limit: i64) -> Result<Vec<OrderWithItems>, sqlx::Error> {
+    pub async fn orders(
+        &self,
+        user_id: Option<Uuid>,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<OrderWithItems>, sqlx::Error> {
         let orders: Vec<OrderRow> = sqlx::query_as(
             "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM orders \
              WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::uuid IS NULL OR id < $2) \

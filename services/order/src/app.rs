@@ -48,7 +48,10 @@ impl App {
         Ok(App {
             host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
             service,
-            readiness: Readiness::default().with(PostgresReady { name: "postgres", pool }),
+            readiness: Readiness::default().with(PostgresReady {
+                name: "postgres",
+                pool,
+            }),
         })
     }
 
@@ -62,8 +65,11 @@ impl App {
 
     /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
-        let service = OrderServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let router = GrpcHost::router(SERVICE_NAME).await.add_service(service);
+        let service =
+            OrderServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let router = GrpcHost::router(SERVICE_NAME, tillstream_proto::FILE_DESCRIPTOR_SET)
+            .await?
+            .add_service(service);
         Ok(self.host.serve(router, self.readiness, shutdown).await?)
     }
 }

@@ -6,19 +6,38 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Postgres database holding this service's event store (created if missing).
-    #[arg(long = "database-url", env = "TILLSTREAM_ORDER_DATABASE_URL",
-          default_value = "postgres://postgres@127.0.0.1:5432/tillstream_orders")]
+    #[arg(
+        long = "database-url",
+        env = "TILLSTREAM_ORDER_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_orders"
+    )]
     pub database_url: String,
     /// Maximum Postgres connections.
-    #[arg(long = "db-pool-size", env = "TILLSTREAM_DB_POOL_SIZE", default_value_t = 10)]
+    #[arg(
+        long = "db-pool-size",
+        env = "TILLSTREAM_DB_POOL_SIZE",
+        default_value_t = 10
+    )]
     pub db_pool_size: u32,
     /// gRPC listen address (port 0 picks a free port).
-    #[arg(long = "grpc-addr", env = "TILLSTREAM_ORDER_GRPC_ADDR", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long = "grpc-addr",
+        env = "TILLSTREAM_ORDER_GRPC_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
     pub grpc_addr: SocketAddr,
     /// /healthz, /readyz, /metrics listen address.
-    #[arg(long = "ops-addr", env = "TILLSTREAM_ORDER_OPS_ADDR", default_value = "127.0.0.1:9102")]
+    #[arg(
+        long = "ops-addr",
+        env = "TILLSTREAM_ORDER_OPS_ADDR",
+        default_value = "127.0.0.1:9102"
+    )]
     pub ops_addr: SocketAddr,
     /// Folder holding the token verification key (`keys/`), shared with the user service.
-    #[arg(long = "data-dir", env = "TILLSTREAM_DATA_DIR", default_value = ".data")]
+    #[arg(
+        long = "data-dir",
+        env = "TILLSTREAM_DATA_DIR",
+        default_value = ".data"
+    )]
     pub data_dir: PathBuf,
 }

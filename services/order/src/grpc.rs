@@ -35,9 +35,16 @@ fn status_to_proto(status: Option<OrderStatus>) -> pb::OrderStatus {
 
 #[tonic::async_trait]
 impl pb::order_service_server::OrderService for OrderGrpc {
-    async fn place_order(&self, request: Request<pb::PlaceOrderRequest>) -> Result<Response<pb::CommandReply>, Status> {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
         let caller = grpc::authenticate(&self.verifier, request.metadata())?;
-        let meta = grpc::event_metadata(request.metadata(), Some(&caller), &request.get_ref().idempotency_key);
+        let meta = grpc::event_metadata(
+            request.metadata(),
+            Some(&caller),
+            &request.get_ref().idempotency_key,
+        );
         let req = request.into_inner();
         let placement = Placement::parse(&PlacementInput {
             user_id: &req.user_id,
@@ -67,10 +74,15 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             for (field, problem) in problems {
                 violations.add(field, problem);
             }
-            violations.into_result().err().unwrap_or_else(|| Status::invalid_argument("invalid request"))
+            violations
+                .into_result()
+                .err()
+                .unwrap_or_else(|| Status::invalid_argument("invalid request"))
         })?;
         if !caller.may_act_for(&placement.user_id) {
-            return Err(Status::permission_denied("customers may place orders only for themselves"));
+            return Err(Status::permission_denied(
+                "customers may place orders only for themselves",
+            ));
         }
         let order_id = uuid::Uuid::now_v7().to_string();
         let version = self
@@ -79,10 +91,16 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             .await
             .map_err(|e| grpc::command_status(e, rejected))?;
         tracing::info!(%order_id, correlation_id = %meta.correlation_id, "order placed");
-        Ok(Response::new(pb::CommandReply { id: order_id, version }))
+        Ok(Response::new(pb::CommandReply {
+            id: order_id,
+            version,
+        }))
     }
 
-    async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
         let caller = grpc::authenticate(&self.verifier, request.metadata())?;
         let order_id = uuid::Uuid::parse_str(&request.get_ref().order_id)
             .map_err(|_| grpc::invalid_field("order_id", "must be a UUID"))?
@@ -96,7 +114,9 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             return Err(Status::not_found(format!("order {order_id} not found")));
         }
         if !caller.may_act_for(&order.user_id) {
-            return Err(Status::permission_denied("customers may read only their own orders"));
+            return Err(Status::permission_denied(
+                "customers may read only their own orders",
+            ));
         }
         Ok(Response::new(pb::Order {
             id: order_id,

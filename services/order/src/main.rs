@@ -1,7 +1,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "tillstream-order", version, about = "tillstream order command service (gRPC)")]
+#[command(
+    name = "tillstream-order",
+    version,
+    about = "tillstream order command service (gRPC)"
+)]
 struct Cli {
     #[command(flatten)]
     config: tillstream_order::Config,

@@ -46,7 +46,11 @@ fn random_password() -> Result<String, DemoError> {
 }
 
 /// Seeds the demo once per data folder; returns what was seeded (now or before).
-pub async fn seed(data_dir: &Path, user_grpc: SocketAddr, order_grpc: SocketAddr) -> Result<Demo, DemoError> {
+pub async fn seed(
+    data_dir: &Path,
+    user_grpc: SocketAddr,
+    order_grpc: SocketAddr,
+) -> Result<Demo, DemoError> {
     let file = data_dir.join(DEMO_FILE);
     if let Ok(text) = std::fs::read_to_string(&file) {
         let saved: serde_json::Value = serde_json::from_str(&text)?;

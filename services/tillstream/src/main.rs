@@ -5,7 +5,11 @@ mod up;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tillstream", version, about = "Event-sourced commerce backend: users and orders over gRPC, GraphQL reads")]
+#[command(
+    name = "tillstream",
+    version,
+    about = "Event-sourced commerce backend: users and orders over gRPC, GraphQL reads"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -25,7 +25,13 @@ pub struct PlatformConfig {
 
 impl PlatformConfig {
     /// Every listener on a random loopback port.
-    pub fn on_random_ports(postgres_url: String, database_prefix: String, nats_url: String, namespace: String, data_dir: PathBuf) -> Self {
+    pub fn on_random_ports(
+        postgres_url: String,
+        database_prefix: String,
+        nats_url: String,
+        namespace: String,
+        data_dir: PathBuf,
+    ) -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         PlatformConfig {
             postgres_url,
@@ -43,7 +49,10 @@ impl PlatformConfig {
     }
 
     pub fn database_url(&self, service: &str) -> Result<String, postgres::PostgresError> {
-        postgres::with_database(&self.postgres_url, &format!("{}_{service}", self.database_prefix))
+        postgres::with_database(
+            &self.postgres_url,
+            &format!("{}_{service}", self.database_prefix),
+        )
     }
 }
 
@@ -116,7 +125,8 @@ impl Platform {
             ops_addr,
         };
         let user_relay = tillstream_relay::App::build(relay(users_db, config.ops_addrs[2])).await?;
-        let order_relay = tillstream_relay::App::build(relay(orders_db, config.ops_addrs[3])).await?;
+        let order_relay =
+            tillstream_relay::App::build(relay(orders_db, config.ops_addrs[3])).await?;
         let projector = tillstream_projections::App::build(tillstream_projections::Config {
             database_url: reads_db.clone(),
             nats_url: config.nats_url.clone(),
@@ -167,9 +177,30 @@ impl Platform {
         let (user, order, user_relay, order_relay, projector, gateway) = tokio::join!(
             async { stop_all(self.user.run(shutdown.clone()).await.map_err(Into::into)) },
             async { stop_all(self.order.run(shutdown.clone()).await.map_err(Into::into)) },
-            async { stop_all(self.user_relay.run(shutdown.clone()).await.map_err(Into::into)) },
-            async { stop_all(self.order_relay.run(shutdown.clone()).await.map_err(Into::into)) },
-            async { stop_all(self.projector.run(shutdown.clone()).await.map_err(Into::into)) },
+            async {
+                stop_all(
+                    self.user_relay
+                        .run(shutdown.clone())
+                        .await
+                        .map_err(Into::into),
+                )
+            },
+            async {
+                stop_all(
+                    self.order_relay
+                        .run(shutdown.clone())
+                        .await
+                        .map_err(Into::into),
+                )
+            },
+            async {
+                stop_all(
+                    self.projector
+                        .run(shutdown.clone())
+                        .await
+                        .map_err(Into::into),
+                )
+            },
             async { stop_all(self.gateway.run(shutdown.clone()).await.map_err(Into::into)) },
         );
         user?;

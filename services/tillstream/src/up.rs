@@ -9,13 +9,21 @@ use tillstream::{Platform, PlatformConfig, demo};
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Postgres server; databases `<prefix>_users`, `_orders`, `_reads` are created on it.
-    #[arg(long, env = "TILLSTREAM_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "TILLSTREAM_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     postgres_url: String,
     /// Prefix of the databases.
     #[arg(long, env = "TILLSTREAM_DATABASE_PREFIX", default_value = "tillstream")]
     database_prefix: String,
     /// NATS server with JetStream.
-    #[arg(long, env = "TILLSTREAM_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "TILLSTREAM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
     /// Prefix of every stream and subject (empty: the public names).
     #[arg(long, env = "TILLSTREAM_NAMESPACE", default_value = "")]
@@ -26,12 +34,24 @@ pub struct UpArgs {
     /// Folder for generated development keys and the demo credentials.
     #[arg(long, env = "TILLSTREAM_DATA_DIR", default_value = ".data")]
     data_dir: PathBuf,
-    #[arg(long, env = "TILLSTREAM_USER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "TILLSTREAM_USER_GRPC_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     user_grpc_addr: SocketAddr,
-    #[arg(long, env = "TILLSTREAM_ORDER_GRPC_ADDR", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "TILLSTREAM_ORDER_GRPC_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
     order_grpc_addr: SocketAddr,
     /// GraphQL (and the gateway's /healthz, /readyz, /metrics).
-    #[arg(long, env = "TILLSTREAM_GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "TILLSTREAM_GATEWAY_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     gateway_http_addr: SocketAddr,
     /// First of five consecutive ports for the ops endpoints of user, order, the two relays
     /// and the projector.
@@ -59,25 +79,48 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ops_addrs: [ops(0), ops(1), ops(2), ops(3), ops(4)],
         db_pool_size: 10,
     };
-    let platform = Platform::build(config).await.context("starting the platform")?;
+    let platform = Platform::build(config)
+        .await
+        .context("starting the platform")?;
     let addrs = platform.addresses();
     let shutdown = tillstream_runtime::shutdown::on_signal();
     let running = tokio::spawn(platform.run(shutdown.clone()));
 
     println!("tillstream is up");
-    println!("  GraphQL   http://{}/graphql   (GraphiQL in a browser)", addrs.gateway_http);
-    println!("  gRPC      users {}   orders {}", addrs.user_grpc, addrs.order_grpc);
+    println!(
+        "  GraphQL   http://{}/graphql   (GraphiQL in a browser)",
+        addrs.gateway_http
+    );
+    println!(
+        "  gRPC      users {}   orders {}",
+        addrs.user_grpc, addrs.order_grpc
+    );
     println!(
         "  ops       /healthz /readyz /metrics on {} (gateway) and {}",
         addrs.gateway_http,
-        addrs.ops.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        addrs
+            .ops
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if !args.no_demo {
         match demo::seed(&args.data_dir, addrs.user_grpc, addrs.order_grpc).await {
             Ok(d) => {
-                println!("  demo      customer {} (password in {}/demo.json)", d.email, args.data_dir.display());
-                println!("            try:  {{ order(id: \"{}\") {{ status totalCents currency items {{ sku quantity lineTotalCents }} }} }}", d.order_id);
-                println!("            or:   {{ orders(userId: \"{}\") {{ edges {{ node {{ id totalCents }} }} }} }}", d.user_id);
+                println!(
+                    "  demo      customer {} (password in {}/demo.json)",
+                    d.email,
+                    args.data_dir.display()
+                );
+                println!(
+                    "            try:  {{ order(id: \"{}\") {{ status totalCents currency items {{ sku quantity lineTotalCents }} }} }}",
+                    d.order_id
+                );
+                println!(
+                    "            or:   {{ orders(userId: \"{}\") {{ edges {{ node {{ id totalCents }} }} }} }}",
+                    d.user_id
+                );
             }
             Err(error) => eprintln!("  demo data could not be seeded: {error}"),
         }

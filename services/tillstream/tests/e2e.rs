@@ -10,6 +10,8 @@ use tillstream_proto::user::v1::{self as user_pb, user_service_client::UserServi
 use tillstream_runtime::Shutdown;
 use tillstream_testkit::{TestEnv, eventually, nats_url, postgres_url};
 use tonic::{Code, Request};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -60,8 +62,12 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
     let shutdown = Shutdown::new();
     let running = tokio::spawn(platform.run(shutdown.clone()));
 
-    let mut users = UserServiceClient::connect(format!("http://{}", addrs.user_grpc)).await.unwrap();
-    let mut orders = OrderServiceClient::connect(format!("http://{}", addrs.order_grpc)).await.unwrap();
+    let mut users = UserServiceClient::connect(format!("http://{}", addrs.user_grpc))
+        .await
+        .unwrap();
+    let mut orders = OrderServiceClient::connect(format!("http://{}", addrs.order_grpc))
+        .await
+        .unwrap();
 
     let registered = users
         .register_user(user_pb::RegisterUserRequest {
@@ -136,7 +142,10 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
         .place_order(authorized(
             order_pb::PlaceOrderRequest {
                 user_id: registered.id.clone(),
-                items: vec![item("TEA-1", "Green tea", 3, 450), item("MUG-2", "Mug", 1, 1200)],
+                items: vec![
+                    item("TEA-1", "Green tea", 3, 450),
+                    item("MUG-2", "Mug", 1, 1200),
+                ],
                 currency: "EUR".into(),
                 note: "e2e".into(),
                 ..Default::default()
@@ -178,23 +187,59 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
         json!({ "u": registered.id }),
     )
     .await;
-    assert_eq!(page["data"]["orders"]["edges"][0]["node"]["id"], json!(placed.id));
+    assert_eq!(
+        page["data"]["orders"]["edges"][0]["node"]["id"],
+        json!(placed.id)
+    );
     assert_eq!(page["data"]["orders"]["pageInfo"]["hasNextPage"], false);
 
     let user = eventually(DEADLINE, "the user in GraphQL", || async {
-        let body = graphql(&http, &url, "query($id: ID!) { user(id: $id) { email fullName role status } }", json!({ "id": registered.id })).await;
+        let body = graphql(
+            &http,
+            &url,
+            "query($id: ID!) { user(id: $id) { email fullName role status } }",
+            json!({ "id": registered.id }),
+        )
+        .await;
         let user = body["data"]["user"].clone();
         (!user.is_null()).then_some(user)
     })
     .await;
-    assert_eq!(user, json!({"email": "grace@example.com", "fullName": "Grace Hopper", "role": "CUSTOMER", "status": "ACTIVE"}));
+    assert_eq!(
+        user,
+        json!({"email": "grace@example.com", "fullName": "Grace Hopper", "role": "CUSTOMER", "status": "ACTIVE"})
+    );
 
     let bad = graphql(&http, &url, "{ order(id: \"nope\") { id } }", json!({})).await;
     assert_eq!(bad["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
 
+    // Standard gRPC tooling works: grpc.health.v1 answers SERVING for both services.
+    for (addr, service) in [
+        (addrs.user_grpc, "tillstream.user.v1.UserService"),
+        (addrs.order_grpc, "tillstream.order.v1.OrderService"),
+    ] {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        let status = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service} is serving");
+    }
+
     // Every service reports ready.
     for ops in addrs.ops.iter().chain([&addrs.gateway_http]) {
-        let ready = http.get(format!("http://{ops}/readyz")).send().await.unwrap();
+        let ready = http
+            .get(format!("http://{ops}/readyz"))
+            .send()
+            .await
+            .unwrap();
         assert!(ready.status().is_success(), "{ops} is ready");
     }
 

@@ -6,22 +6,45 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Postgres database holding this service's event store and credentials (created if missing).
-    #[arg(long = "database-url", env = "TILLSTREAM_USER_DATABASE_URL",
-          default_value = "postgres://postgres@127.0.0.1:5432/tillstream_users")]
+    #[arg(
+        long = "database-url",
+        env = "TILLSTREAM_USER_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_users"
+    )]
     pub database_url: String,
     /// Maximum Postgres connections.
-    #[arg(long = "db-pool-size", env = "TILLSTREAM_DB_POOL_SIZE", default_value_t = 10)]
+    #[arg(
+        long = "db-pool-size",
+        env = "TILLSTREAM_DB_POOL_SIZE",
+        default_value_t = 10
+    )]
     pub db_pool_size: u32,
     /// gRPC listen address (port 0 picks a free port).
-    #[arg(long = "grpc-addr", env = "TILLSTREAM_USER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long = "grpc-addr",
+        env = "TILLSTREAM_USER_GRPC_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_addr: SocketAddr,
     /// /healthz, /readyz, /metrics listen address.
-    #[arg(long = "ops-addr", env = "TILLSTREAM_USER_OPS_ADDR", default_value = "127.0.0.1:9101")]
+    #[arg(
+        long = "ops-addr",
+        env = "TILLSTREAM_USER_OPS_ADDR",
+        default_value = "127.0.0.1:9101"
+    )]
     pub ops_addr: SocketAddr,
     /// Folder for generated development keys (`keys/`).
-    #[arg(long = "data-dir", env = "TILLSTREAM_DATA_DIR", default_value = ".data")]
+    #[arg(
+        long = "data-dir",
+        env = "TILLSTREAM_DATA_DIR",
+        default_value = ".data"
+    )]
     pub data_dir: PathBuf,
     /// Lifetime of issued access tokens, in seconds.
-    #[arg(long = "token-lifetime-secs", env = "TILLSTREAM_TOKEN_LIFETIME_SECS", default_value_t = 3600)]
+    #[arg(
+        long = "token-lifetime-secs",
+        env = "TILLSTREAM_TOKEN_LIFETIME_SECS",
+        default_value_t = 3600
+    )]
     pub token_lifetime_secs: u64,
 }

@@ -6,9 +6,9 @@
 
 use std::sync::OnceLock;
 
+use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
 use sqlx::PgPool;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,11 @@ pub async fn hash_password(password: String) -> Result<String, CredentialError> 
 pub async fn verify_password(password: String, hash: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -50,7 +54,9 @@ async fn dummy_hash() -> &'static str {
     if let Some(hash) = DUMMY.get() {
         return hash;
     }
-    let hash = hash_password(uuid::Uuid::new_v4().to_string()).await.unwrap_or_default();
+    let hash = hash_password(uuid::Uuid::new_v4().to_string())
+        .await
+        .unwrap_or_default();
     DUMMY.get_or_init(|| hash)
 }
 
@@ -67,16 +73,27 @@ impl Credentials {
 
     /// Reserves `email` for `user_id`. Exactly one of several concurrent reservations of
     /// one email succeeds (the unique index decides); the others get `EmailTaken`.
-    pub async fn reserve(&self, user_id: &str, email: &str, password_hash: &str) -> Result<(), CredentialError> {
-        let result = sqlx::query("INSERT INTO credentials (user_id, email, password_hash) VALUES ($1, $2, $3)")
-            .bind(user_id)
-            .bind(email)
-            .bind(password_hash)
-            .execute(&self.pool)
-            .await;
+    pub async fn reserve(
+        &self,
+        user_id: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<(), CredentialError> {
+        let result = sqlx::query(
+            "INSERT INTO credentials (user_id, email, password_hash) VALUES ($1, $2, $3)",
+        )
+        .bind(user_id)
+        .bind(email)
+        .bind(password_hash)
+        .execute(&self.pool)
+        .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505") => {
+            Err(e)
+                if e.as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "23505") =>
+            {
                 Err(CredentialError::EmailTaken)
             }
             Err(e) => Err(e.into()),
@@ -94,7 +111,11 @@ impl Credentials {
 
     /// The user id whose password is `password` and email `email`, or None. Takes about as
     /// long for an unknown email as for a wrong password.
-    pub async fn authenticate(&self, email: &str, password: &str) -> Result<Option<String>, CredentialError> {
+    pub async fn authenticate(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<String>, CredentialError> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT user_id, password_hash FROM credentials WHERE email = $1")
                 .bind(email.trim().to_lowercase())

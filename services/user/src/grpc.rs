@@ -54,8 +54,12 @@ fn parse_user_id(raw: &str) -> Result<uuid::Uuid, Status> {
 
 #[tonic::async_trait]
 impl pb::user_service_server::UserService for UserGrpc {
-    async fn register_user(&self, request: Request<pb::RegisterUserRequest>) -> Result<Response<pb::CommandReply>, Status> {
-        let meta = grpc::event_metadata(request.metadata(), None, &request.get_ref().idempotency_key);
+    async fn register_user(
+        &self,
+        request: Request<pb::RegisterUserRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let meta =
+            grpc::event_metadata(request.metadata(), None, &request.get_ref().idempotency_key);
         let req = request.into_inner();
         let registration = Registration::parse(&RegistrationInput {
             email: &req.email,
@@ -68,7 +72,10 @@ impl pb::user_service_server::UserService for UserGrpc {
             for (field, problem) in problems {
                 violations.add(field, problem);
             }
-            violations.into_result().err().unwrap_or_else(|| Status::invalid_argument("invalid request"))
+            violations
+                .into_result()
+                .err()
+                .unwrap_or_else(|| Status::invalid_argument("invalid request"))
         })?;
 
         let user_id = uuid::Uuid::now_v7().to_string();
@@ -88,7 +95,10 @@ impl pb::user_service_server::UserService for UserGrpc {
         match self.commands.execute(&user_id, command, &meta).await {
             Ok(version) => {
                 tracing::info!(%user_id, correlation_id = %meta.correlation_id, "user registered");
-                Ok(Response::new(pb::CommandReply { id: user_id, version }))
+                Ok(Response::new(pb::CommandReply {
+                    id: user_id,
+                    version,
+                }))
             }
             Err(error) => {
                 if let Err(release) = self.credentials.release(&user_id).await {
@@ -99,9 +109,14 @@ impl pb::user_service_server::UserService for UserGrpc {
         }
     }
 
-    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginReply>, Status> {
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginReply>, Status> {
         let req = request.into_inner();
-        if req.email.len() > 254 || req.password.len() > crate::domain::registration_limits::MAX_PASSWORD_BYTES {
+        if req.email.len() > 254
+            || req.password.len() > crate::domain::registration_limits::MAX_PASSWORD_BYTES
+        {
             return Err(Status::unauthenticated("invalid email or password"));
         }
         let user_id = self
@@ -110,7 +125,11 @@ impl pb::user_service_server::UserService for UserGrpc {
             .await
             .map_err(credential_status)?
             .ok_or_else(|| Status::unauthenticated("invalid email or password"))?;
-        let (user, _) = self.commands.load(&user_id).await.map_err(|e| grpc::command_status(e, rejected))?;
+        let (user, _) = self
+            .commands
+            .load(&user_id)
+            .await
+            .map_err(|e| grpc::command_status(e, rejected))?;
         let role = match (user.is_active(), user.role) {
             (true, Some(role)) => role,
             _ => return Err(Status::unauthenticated("invalid email or password")),
@@ -127,11 +146,16 @@ impl pb::user_service_server::UserService for UserGrpc {
         }))
     }
 
-    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let caller = grpc::authenticate(&self.verifier, request.metadata())?;
         let user_id = parse_user_id(&request.get_ref().user_id)?.to_string();
         if !caller.may_act_for(&user_id) {
-            return Err(Status::permission_denied("customers may read only their own user"));
+            return Err(Status::permission_denied(
+                "customers may read only their own user",
+            ));
         }
         let (user, version) = self
             .commands
@@ -150,7 +174,10 @@ impl pb::user_service_server::UserService for UserGrpc {
             email: user.email,
             username: user.username,
             full_name: user.full_name,
-            role: user.role.map_or(pb::Role::Unspecified, role_to_proto).into(),
+            role: user
+                .role
+                .map_or(pb::Role::Unspecified, role_to_proto)
+                .into(),
             status: status.into(),
             version,
         }))

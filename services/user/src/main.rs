@@ -1,7 +1,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "tillstream-user", version, about = "tillstream user command service (gRPC)")]
+#[command(
+    name = "tillstream-user",
+    version,
+    about = "tillstream user command service (gRPC)"
+)]
 struct Cli {
     #[command(flatten)]
     config: tillstream_user::Config,

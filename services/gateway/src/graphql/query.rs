@@ -17,7 +17,8 @@ const CURSOR_PREFIX: &str = "order:";
 pub struct QueryRoot;
 
 fn parse_id(id: &ID, what: &str) -> Result<Uuid> {
-    Uuid::parse_str(id.as_str()).map_err(|_| coded(format!("`{what}` must be a UUID"), "BAD_USER_INPUT"))
+    Uuid::parse_str(id.as_str())
+        .map_err(|_| coded(format!("`{what}` must be a UUID"), "BAD_USER_INPUT"))
 }
 
 fn encode_cursor(id: Uuid) -> String {
@@ -29,8 +30,16 @@ fn decode_cursor(cursor: &str) -> Result<Uuid> {
         .decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|s| s.strip_prefix(CURSOR_PREFIX).and_then(|id| Uuid::parse_str(id).ok()))
-        .ok_or_else(|| coded("`after` is not a cursor this API returned", "BAD_USER_INPUT"))
+        .and_then(|s| {
+            s.strip_prefix(CURSOR_PREFIX)
+                .and_then(|id| Uuid::parse_str(id).ok())
+        })
+        .ok_or_else(|| {
+            coded(
+                "`after` is not a cursor this API returned",
+                "BAD_USER_INPUT",
+            )
+        })
 }
 
 #[Object]
@@ -58,9 +67,15 @@ impl QueryRoot {
         after: Option<String>,
     ) -> Result<Connection<String, Order>> {
         if !(1..=MAX_PAGE).contains(&first) {
-            return Err(coded(format!("`first` must be 1 to {MAX_PAGE}"), "BAD_USER_INPUT"));
+            return Err(coded(
+                format!("`first` must be 1 to {MAX_PAGE}"),
+                "BAD_USER_INPUT",
+            ));
         }
-        let user_id = user_id.as_ref().map(|id| parse_id(id, "userId")).transpose()?;
+        let user_id = user_id
+            .as_ref()
+            .map(|id| parse_id(id, "userId"))
+            .transpose()?;
         let before = after.as_deref().map(decode_cursor).transpose()?;
         let reads = ctx.data::<Reads>()?;
         let mut rows = reads

@@ -29,7 +29,12 @@ impl Aggregate for Order {
     type Error = OrderError;
     type Services = ();
 
-    async fn handle(&mut self, command: OrderCommand, _: &(), sink: &EventSink<Self>) -> Result<(), OrderError> {
+    async fn handle(
+        &mut self,
+        command: OrderCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), OrderError> {
         match command {
             OrderCommand::Place(placement) => {
                 if self.exists() {
@@ -73,8 +78,18 @@ mod tests {
         Placement::parse(&PlacementInput {
             user_id: "0190a3c4-0000-7000-8000-000000000001",
             items: vec![
-                ItemInput { sku: "TEA-1", name: "Green tea", quantity: 3, unit_price_cents: 450 },
-                ItemInput { sku: "MUG-2", name: "Mug", quantity: 1, unit_price_cents: 1200 },
+                ItemInput {
+                    sku: "TEA-1",
+                    name: "Green tea",
+                    quantity: 3,
+                    unit_price_cents: 450,
+                },
+                ItemInput {
+                    sku: "MUG-2",
+                    name: "Mug",
+                    quantity: 1,
+                    unit_price_cents: 1200,
+                },
             ],
             currency: "EUR",
             shipping_address: None,

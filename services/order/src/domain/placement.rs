@@ -65,7 +65,10 @@ impl Placement {
         };
         let currency = input.currency.trim().to_owned();
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
-            problems.push(("currency".into(), "must be an ISO 4217 code such as EUR".into()));
+            problems.push((
+                "currency".into(),
+                "must be an ISO 4217 code such as EUR".into(),
+            ));
         }
         if input.items.is_empty() || input.items.len() > MAX_ITEMS {
             problems.push(("items".into(), format!("must hold 1 to {MAX_ITEMS} items")));
@@ -74,8 +77,10 @@ impl Placement {
         let mut total: Option<i64> = Some(0);
         for (index, item) in input.items.iter().enumerate().take(MAX_ITEMS) {
             let field = |name: &str| format!("items[{index}].{name}");
-            let sku = bounded_text(item.sku, MAX_SKU_CHARS).map_err(|p| problems.push((field("sku"), p)));
-            let name = bounded_text(item.name, MAX_NAME_CHARS).map_err(|p| problems.push((field("name"), p)));
+            let sku =
+                bounded_text(item.sku, MAX_SKU_CHARS).map_err(|p| problems.push((field("sku"), p)));
+            let name = bounded_text(item.name, MAX_NAME_CHARS)
+                .map_err(|p| problems.push((field("name"), p)));
             if item.quantity == 0 || item.quantity > MAX_QUANTITY {
                 problems.push((field("quantity"), format!("must be 1 to {MAX_QUANTITY}")));
             }
@@ -101,12 +106,19 @@ impl Placement {
             problems.push(("items".into(), "order total overflows".into()));
         }
         if input.note.chars().count() > MAX_NOTE_CHARS {
-            problems.push(("note".into(), format!("must be at most {MAX_NOTE_CHARS} characters")));
+            problems.push((
+                "note".into(),
+                format!("must be at most {MAX_NOTE_CHARS} characters"),
+            ));
         }
-        if let Some(address) = &input.shipping_address {
-            if address.country.len() != 2 || !address.country.chars().all(|c| c.is_ascii_uppercase()) {
-                problems.push(("shipping_address.country".into(), "must be an ISO 3166-1 alpha-2 code".into()));
-            }
+        if let Some(address) = &input.shipping_address
+            && (address.country.len() != 2
+                || !address.country.chars().all(|c| c.is_ascii_uppercase()))
+        {
+            problems.push((
+                "shipping_address.country".into(),
+                "must be an ISO 3166-1 alpha-2 code".into(),
+            ));
         }
         match (problems.is_empty(), total) {
             (true, Some(total_cents)) => Ok(Placement {
@@ -162,9 +174,17 @@ mod tests {
 
     #[test]
     fn each_bad_item_field_is_named() {
-        let problems = Placement::parse(&input(vec![item("A", 1, 100), item("", 0, -1)])).unwrap_err();
+        let problems =
+            Placement::parse(&input(vec![item("A", 1, 100), item("", 0, -1)])).unwrap_err();
         let fields: Vec<_> = problems.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(fields, vec!["items[1].sku", "items[1].quantity", "items[1].unit_price_cents"]);
+        assert_eq!(
+            fields,
+            vec![
+                "items[1].sku",
+                "items[1].quantity",
+                "items[1].unit_price_cents"
+            ]
+        );
     }
 
     #[test]
@@ -173,7 +193,10 @@ mod tests {
         assert!(problems.iter().any(|(_, p)| p.contains("overflows")));
         let problems =
             Placement::parse(&input(vec![item("A", 1, i64::MAX), item("B", 1, 1)])).unwrap_err();
-        assert_eq!(problems, vec![("items".to_owned(), "order total overflows".to_owned())]);
+        assert_eq!(
+            problems,
+            vec![("items".to_owned(), "order total overflows".to_owned())]
+        );
     }
 
     #[test]
@@ -181,7 +204,11 @@ mod tests {
         let mut bad = input(vec![item("A", 1, 1)]);
         bad.currency = "eur";
         bad.user_id = "nope";
-        let fields: Vec<_> = Placement::parse(&bad).unwrap_err().into_iter().map(|(f, _)| f).collect();
+        let fields: Vec<_> = Placement::parse(&bad)
+            .unwrap_err()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
         assert_eq!(fields, vec!["user_id", "currency"]);
     }
 }

@@ -1,5 +1,5 @@
-use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 use tillstream_events::user::AGGREGATE_TYPE;
 use tillstream_events::{Role, UserEvent, UserRegistered, UserStatus};
@@ -31,7 +31,12 @@ impl Aggregate for User {
     type Error = UserError;
     type Services = ();
 
-    async fn handle(&mut self, command: UserCommand, _: &(), sink: &EventSink<Self>) -> Result<(), UserError> {
+    async fn handle(
+        &mut self,
+        command: UserCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), UserError> {
         match command {
             UserCommand::Register {
                 email,

@@ -38,18 +38,33 @@ impl Registration {
             .chars()
             .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
         {
-            problems.push(("username", "may contain only letters, digits, `_`, `-` and `.`".to_owned()));
+            problems.push((
+                "username",
+                "may contain only letters, digits, `_`, `-` and `.`".to_owned(),
+            ));
         }
         if input.password.chars().count() < MIN_PASSWORD_CHARS {
-            problems.push(("password", format!("must be at least {MIN_PASSWORD_CHARS} characters")));
+            problems.push((
+                "password",
+                format!("must be at least {MIN_PASSWORD_CHARS} characters"),
+            ));
         } else if input.password.len() > MAX_PASSWORD_BYTES {
-            problems.push(("password", format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
+            problems.push((
+                "password",
+                format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+            ));
         }
         let full_name = input.full_name.trim().to_owned();
         if full_name.is_empty() || full_name.chars().count() > MAX_NAME_CHARS {
-            problems.push(("full_name", format!("must be 1 to {MAX_NAME_CHARS} characters")));
+            problems.push((
+                "full_name",
+                format!("must be 1 to {MAX_NAME_CHARS} characters"),
+            ));
         } else if full_name.chars().any(char::is_control) {
-            problems.push(("full_name", "must not contain control characters".to_owned()));
+            problems.push((
+                "full_name",
+                "must not contain control characters".to_owned(),
+            ));
         }
         if problems.is_empty() {
             Ok(Registration {
