@@ -225,12 +225,18 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
             .unwrap();
         let mut health = HealthClient::new(channel);
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .expect("health answers")
             .into_inner()
             .status;
-        assert_eq!(status, ServingStatus::Serving as i32, "{service} is serving");
+        assert_eq!(
+            status,
+            ServingStatus::Serving as i32,
+            "{service} is serving"
+        );
     }
 
     // Every service reports ready.

@@ -1,0 +1,122 @@
+//! The projector's exactly-once application, against the real Postgres.
+
+use chrono::Utc;
+use serde_json::json;
+use tillstream_events::{Actor, EventEnvelope, EventMetadata};
+use tillstream_projections::{ApplyOutcome, Projector, migrate};
+use tillstream_testkit::{TestEnv, nats_url};
+use uuid::Uuid;
+
+fn envelope(
+    aggregate_type: &str,
+    aggregate_id: Uuid,
+    sequence: u64,
+    event_type: &str,
+    payload: serde_json::Value,
+) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::now_v7(),
+        aggregate_type: aggregate_type.into(),
+        aggregate_id: aggregate_id.to_string(),
+        sequence,
+        position: sequence as i64,
+        event_type: event_type.into(),
+        event_version: "1".into(),
+        occurred_at: Utc::now(),
+        payload,
+        metadata: EventMetadata::new("test", Actor::anonymous()),
+    }
+}
+
+fn order_placed(order_id: Uuid, user_id: Uuid) -> EventEnvelope {
+    envelope(
+        "order",
+        order_id,
+        1,
+        "OrderPlaced",
+        json!({
+            "user_id": user_id.to_string(),
+            "currency": "EUR",
+            "total_cents": 2500,
+            "items": [
+                {"sku": "A", "name": "a", "quantity": 2, "unit_price_cents": 500, "line_total_cents": 1000},
+                {"sku": "B", "name": "b", "quantity": 1, "unit_price_cents": 1500, "line_total_cents": 1500}
+            ]
+        }),
+    )
+}
+
+#[tokio::test]
+async fn events_are_applied_once_and_gaps_wait() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1);
+
+    let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let placed = order_placed(order_id, user_id);
+    assert_eq!(
+        projector.apply(&placed).await.unwrap(),
+        ApplyOutcome::Applied
+    );
+    assert_eq!(
+        projector.apply(&placed).await.unwrap(),
+        ApplyOutcome::Duplicate,
+        "a redelivery changes nothing"
+    );
+
+    let rows: Vec<(String, i32, i64)> =
+        sqlx::query_as("SELECT sku, quantity, line_total_cents FROM order_items WHERE order_id = $1 ORDER BY line_no")
+            .bind(order_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, vec![("A".into(), 2, 1000), ("B".into(), 1, 1500)]);
+    let total: i64 = sqlx::query_scalar("SELECT total_cents FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 2500);
+
+    // Sequence 3 before 2 is a gap: nothing applied, the checkpoint stays.
+    let mut later = placed.clone();
+    later.sequence = 3;
+    assert_eq!(
+        projector.apply(&later).await.unwrap(),
+        ApplyOutcome::Gap { expected: 2 }
+    );
+    // An aggregate whose first event is missing is a gap too.
+    let mut orphan = order_placed(Uuid::now_v7(), user_id);
+    orphan.sequence = 2;
+    assert_eq!(
+        projector.apply(&orphan).await.unwrap(),
+        ApplyOutcome::Gap { expected: 1 }
+    );
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orders, 1);
+
+    // An undecodable payload is an error, and its transaction leaves nothing behind.
+    let broken = envelope(
+        "order",
+        Uuid::now_v7(),
+        1,
+        "OrderPlaced",
+        json!({"user_id": 42}),
+    );
+    assert!(projector.apply(&broken).await.is_err());
+    let checkpoints: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_checkpoints")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoints, 1,
+        "the failed event's checkpoint was rolled back"
+    );
+
+    env.cleanup().await;
+}
