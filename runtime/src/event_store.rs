@@ -70,6 +70,28 @@ impl<A: Aggregate> CommandBus<A> {
         command: A::Command,
         metadata: &EventMetadata,
     ) -> Result<u64, CommandError<A::Error>> {
+        let started = std::time::Instant::now();
+        let result = self.execute_untimed(id, command, metadata).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict { .. }) => "conflict",
+            Err(CommandError::Unavailable(_)) => "unavailable",
+            Err(CommandError::Internal(_)) => "internal",
+        };
+        let labels = [("aggregate", A::TYPE), ("outcome", outcome)];
+        metrics::counter!("tillstream_commands_total", &labels).increment(1);
+        metrics::histogram!("tillstream_command_duration_seconds", &labels)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute_untimed(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+    ) -> Result<u64, CommandError<A::Error>> {
         let mut context = self.store.load_aggregate(id).await.map_err(convert::<A>)?;
         let version = context.current_sequence as u64;
         let sink = cqrs_es::event_sink::EventSink::default();

@@ -13,6 +13,7 @@ pub mod nats;
 pub mod ops;
 pub mod postgres;
 pub mod retry;
+pub mod secret_file;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tokens;

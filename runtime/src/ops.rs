@@ -101,6 +101,28 @@ async fn metrics() -> impl IntoResponse {
     }
 }
 
+/// Axum middleware recording `tillstream_http_requests_total` and
+/// `tillstream_http_request_duration_seconds` by route and status class.
+pub async fn track_requests(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let labels = [
+        ("route", route),
+        ("status", format!("{}xx", response.status().as_u16() / 100)),
+    ];
+    metrics::counter!("tillstream_http_requests_total", &labels).increment(1);
+    metrics::histogram!("tillstream_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
 /// Binds `addr` for an HTTP router. Port 0 picks a free port; see `local_addr`.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await

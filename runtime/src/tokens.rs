@@ -66,10 +66,45 @@ impl KeyPaths {
     }
 
     /// Generates a key pair when the private key file does not exist yet.
+    ///
+    /// Several processes may start at once on a fresh data folder (`up`, or the split
+    /// services): each writes its pair into a private temporary folder and renames it into
+    /// place; the rename of a folder onto an existing one fails, so exactly one pair wins and
+    /// the others are discarded.
     pub fn ensure_generated(&self) -> Result<(), TokenError> {
         if self.private.exists() {
             return Ok(());
         }
+        let keys_dir = self
+            .private
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        let parent = keys_dir.parent().map(Path::to_owned).unwrap_or_default();
+        std::fs::create_dir_all(&parent).map_err(|source| TokenError::KeyFile {
+            path: parent.clone(),
+            source,
+        })?;
+        let staging = parent.join(format!(".keys-{}", uuid::Uuid::new_v4().simple()));
+        let result = self.write_pair(&staging).and_then(|()| {
+            match std::fs::rename(&staging, &keys_dir) {
+                Ok(()) => {
+                    tracing::info!(path = %self.private.display(), "generated a development signing key");
+                    Ok(())
+                }
+                // Another process won the race (or the folder exists without our files).
+                Err(_) if self.private.exists() => Ok(()),
+                Err(source) => Err(TokenError::KeyFile {
+                    path: keys_dir.clone(),
+                    source,
+                }),
+            }
+        });
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    fn write_pair(&self, dir: &Path) -> Result<(), TokenError> {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| TokenError::Generate(e.to_string()))?;
         let signing = SigningKey::from_bytes(&seed);
@@ -80,47 +115,23 @@ impl KeyPaths {
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| TokenError::Generate(e.to_string()))?;
-        if let Some(dir) = self.private.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| TokenError::KeyFile {
-                path: dir.to_owned(),
+        std::fs::create_dir_all(dir).map_err(|source| TokenError::KeyFile {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let private_path = dir.join(PRIVATE_KEY_FILE);
+        crate::secret_file::write(&private_path, private.as_bytes()).map_err(|source| {
+            TokenError::KeyFile {
+                path: private_path,
                 source,
-            })?;
-        }
-        write_private(&self.private, private.as_bytes())?;
-        std::fs::write(&self.public, public.as_bytes()).map_err(|source| TokenError::KeyFile {
-            path: self.public.clone(),
-            source,
+            }
         })?;
-        tracing::info!(path = %self.private.display(), "generated a development signing key");
-        Ok(())
+        let public_path = dir.join(PUBLIC_KEY_FILE);
+        std::fs::write(&public_path, public.as_bytes()).map_err(|source| TokenError::KeyFile {
+            path: public_path,
+            source,
+        })
     }
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TokenError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| TokenError::KeyFile {
-            path: path.to_owned(),
-            source,
-        })?;
-    file.write_all(bytes).map_err(|source| TokenError::KeyFile {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TokenError> {
-    std::fs::write(path, bytes).map_err(|source| TokenError::KeyFile {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TokenError> {
@@ -222,5 +233,31 @@ mod tests {
         assert!(verifier.verify(&forged_token).is_err());
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_dir_all(other_dir);
+    }
+
+    #[test]
+    fn racing_first_starts_agree_on_one_key_pair() {
+        let dir = std::env::temp_dir().join(format!("ts-keys-{}", uuid::Uuid::new_v4()));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let paths = KeyPaths::in_dir(&dir);
+                std::thread::spawn(move || paths.ensure_generated())
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap().unwrap();
+        }
+        let paths = KeyPaths::in_dir(&dir);
+        let token = TokenIssuer::load(&paths, Duration::from_secs(60))
+            .unwrap()
+            .issue("u", Role::Service)
+            .unwrap();
+        assert!(
+            TokenVerifier::load(&paths).unwrap().verify(&token).is_ok(),
+            "private and public key match"
+        );
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 1, "only keys/ remains");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -44,6 +44,7 @@ pub fn router(reads: Reads, readiness: Readiness) -> Router {
                 .post_service(GraphQL::new(schema)),
         )
         .merge(ops::router(readiness))
+        .layer(axum::middleware::from_fn(ops::track_requests))
 }
 
 impl App {

@@ -120,24 +120,9 @@ pub async fn seed(
         "email": demo.email, "password": demo.password,
         "user_id": demo.user_id, "order_id": demo.order_id,
     });
-    write_private(&file, serde_json::to_string_pretty(&saved)?.as_bytes())?;
+    tillstream_runtime::secret_file::write(
+        &file,
+        serde_json::to_string_pretty(&saved)?.as_bytes(),
+    )?;
     Ok(demo)
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?
-        .write_all(bytes)
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
 }

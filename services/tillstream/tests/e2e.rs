@@ -249,6 +249,24 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
         assert!(ready.status().is_success(), "{ops} is ready");
     }
 
+    // Prometheus metrics tell the same story.
+    let metrics = http
+        .get(format!("http://{}/metrics", addrs.gateway_http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "tillstream_commands_total{aggregate=\"order\",outcome=\"ok\"}",
+        "tillstream_relay_published_total",
+        "tillstream_projection_applied_total",
+        "tillstream_http_requests_total{route=\"/graphql\",status=\"2xx\"}",
+    ] {
+        assert!(metrics.contains(expected), "/metrics has {expected}");
+    }
+
     shutdown.cancel();
     running.await.unwrap().expect("platform stops cleanly");
     env.cleanup().await;
