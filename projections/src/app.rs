@@ -3,30 +3,14 @@
 use std::net::SocketAddr;
 
 use tillstream_events::Namespace;
-use tillstream_runtime::Shutdown;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::nats::{self, NatsReady};
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::postgres::{self, PostgresReady};
+use tillstream_runtime::{Shutdown, StartError};
 use tokio::net::TcpListener;
 
 use crate::{Config, Projector};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Postgres(#[from] postgres::PostgresError),
-    #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error(transparent)]
-    Nats(#[from] nats::NatsError),
-    #[error(transparent)]
-    Namespace(#[from] tillstream_events::subject::InvalidNamespace),
-    #[error(transparent)]
-    Host(#[from] HostError),
-    #[error("ops server failed: {0}")]
-    Ops(#[source] std::io::Error),
-}
 
 pub struct App {
     projector: Projector,
@@ -42,11 +26,11 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
 }
 
 impl App {
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, 5)?;
         migrate(&pool).await?;
-        let client = nats::connect(&config.nats_url, "tillstream-projector", false).await?;
+        let client = nats::connect(&config.nats.nats_url, "tillstream-projector", false).await?;
         let readiness = Readiness::default()
             .with(PostgresReady {
                 name: "postgres",
@@ -57,8 +41,8 @@ impl App {
             projector: Projector::new(
                 pool,
                 client,
-                Namespace::new(config.namespace)?,
-                config.stream_replicas,
+                Namespace::new(config.nats.namespace)?,
+                config.nats.stream_replicas,
             ),
             ops: grpc_host::bind(config.ops_addr).await?,
             readiness,
@@ -71,9 +55,9 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
         let ops_server = ops::serve(self.ops, ops::router(self.readiness), shutdown.clone());
         let (_, ops_result) = tokio::join!(self.projector.run(shutdown), ops_server);
-        ops_result.map_err(AppError::Ops)
+        ops_result.map_err(HostError::Ops)
     }
 }

@@ -11,23 +11,8 @@ pub struct Config {
         default_value = "postgres://postgres@127.0.0.1:5432/tillstream_reads"
     )]
     pub database_url: String,
-    /// NATS server URL.
-    #[arg(
-        long = "nats-url",
-        env = "TILLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// Prefix of every stream and subject (empty: the public names).
-    #[arg(long = "namespace", env = "TILLSTREAM_NAMESPACE", default_value = "")]
-    pub namespace: String,
-    /// Replicas of each stream (1 on one machine, 3 in a cluster).
-    #[arg(
-        long = "stream-replicas",
-        env = "TILLSTREAM_STREAM_REPLICAS",
-        default_value_t = 1
-    )]
-    pub stream_replicas: usize,
+    #[command(flatten)]
+    pub nats: tillstream_runtime::nats::NatsConfig,
     /// /healthz, /readyz, /metrics listen address.
     #[arg(
         long = "ops-addr",

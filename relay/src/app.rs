@@ -3,31 +3,15 @@
 use std::net::SocketAddr;
 
 use tillstream_events::Namespace;
-use tillstream_runtime::Shutdown;
 use tillstream_runtime::event_store;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::nats::{self, NatsReady};
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::postgres::{self, PostgresReady};
+use tillstream_runtime::{Shutdown, StartError};
 use tokio::net::TcpListener;
 
 use crate::{Config, Relay};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Postgres(#[from] postgres::PostgresError),
-    #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error(transparent)]
-    Nats(#[from] nats::NatsError),
-    #[error(transparent)]
-    Namespace(#[from] tillstream_events::subject::InvalidNamespace),
-    #[error(transparent)]
-    Host(#[from] HostError),
-    #[error("ops server failed: {0}")]
-    Ops(#[source] std::io::Error),
-}
 
 pub struct App {
     relay: Relay,
@@ -38,12 +22,12 @@ pub struct App {
 impl App {
     /// Connects (NATS lazily: the relay starts, and catches up, while NATS is down) and
     /// applies the event-store schema, so a relay may start before its command service.
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, 3)?;
         event_store::migrate(&pool).await?;
-        let client = nats::connect(&config.nats_url, "tillstream-relay", false).await?;
-        let namespace = Namespace::new(config.namespace)?;
+        let client = nats::connect(&config.nats.nats_url, "tillstream-relay", false).await?;
+        let namespace = Namespace::new(config.nats.namespace)?;
         let readiness = Readiness::default()
             .with(PostgresReady {
                 name: "postgres",
@@ -57,7 +41,7 @@ impl App {
                 namespace,
                 config.name,
                 config.batch_size,
-                config.stream_replicas,
+                config.nats.stream_replicas,
             ),
             ops: grpc_host::bind(config.ops_addr).await?,
             readiness,
@@ -70,9 +54,9 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
         let ops_server = ops::serve(self.ops, ops::router(self.readiness), shutdown.clone());
         let (_, ops_result) = tokio::join!(self.relay.run(shutdown), ops_server);
-        ops_result.map_err(AppError::Ops)
+        ops_result.map_err(HostError::Ops)
     }
 }

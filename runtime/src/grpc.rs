@@ -90,6 +90,20 @@ impl Violations {
         self.0.push(FieldViolation::new(field, description));
     }
 
+    /// An `INVALID_ARGUMENT` status listing `(field, problem)` pairs from a domain parser.
+    pub fn status<F: Into<String>, P: Into<String>>(
+        problems: impl IntoIterator<Item = (F, P)>,
+    ) -> Status {
+        let mut violations = Violations::default();
+        for (field, problem) in problems {
+            violations.add(field, problem);
+        }
+        violations
+            .into_result()
+            .err()
+            .unwrap_or_else(|| Status::invalid_argument("invalid request"))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -114,12 +128,7 @@ impl Violations {
 
 /// One violation as a status.
 pub fn invalid_field(field: &str, description: &str) -> Status {
-    let mut violations = Violations::default();
-    violations.add(field, description);
-    violations
-        .into_result()
-        .err()
-        .unwrap_or_else(|| Status::invalid_argument(description.to_owned()))
+    Violations::status([(field, description)])
 }
 
 /// Maps an event-store failure to a status; `rejected` maps the aggregate's own errors.

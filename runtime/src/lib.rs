@@ -15,8 +15,10 @@ pub mod postgres;
 pub mod retry;
 pub mod secret_file;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 pub mod tokens;
 
 pub use shutdown::Shutdown;
 pub use sqlx::PgPool;
+pub use startup::StartError;

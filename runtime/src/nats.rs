@@ -31,6 +31,28 @@ pub enum NatsError {
     },
 }
 
+/// Where the streams are: shared by every process that talks to JetStream.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsConfig {
+    /// NATS server URL.
+    #[arg(
+        long = "nats-url",
+        env = "TILLSTREAM_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Prefix of every stream and subject (empty: the public names).
+    #[arg(long = "namespace", env = "TILLSTREAM_NAMESPACE", default_value = "")]
+    pub namespace: String,
+    /// Replicas of each stream (1 on one machine, 3 in a cluster).
+    #[arg(
+        long = "stream-replicas",
+        env = "TILLSTREAM_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
+    pub stream_replicas: usize,
+}
+
 /// Connects to NATS. When `wait` is false the client returns at once and keeps trying
 /// in the background, so a process can start (and commit to Postgres) while NATS is down.
 pub async fn connect(url: &str, name: &str, wait: bool) -> Result<async_nats::Client, NatsError> {

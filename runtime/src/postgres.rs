@@ -39,16 +39,7 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
 /// Creates the database named in `url` when it does not exist, connecting to the
 /// server's `postgres` database to do so. Safe to race with another process doing the same.
 pub async fn ensure_database(url: &str) -> Result<(), PostgresError> {
-    let options = PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl)?;
-    let name = options
-        .get_database()
-        .ok_or_else(|| PostgresError::NoDatabase(redact(url)))?
-        .to_owned();
-    let mut admin = options
-        .database("postgres")
-        .connect()
-        .await
-        .map_err(PostgresError::Connect)?;
+    let (name, mut admin) = admin_connection(url).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
@@ -74,16 +65,7 @@ pub async fn ensure_database(url: &str) -> Result<(), PostgresError> {
 
 /// Drops the database named in `url`, disconnecting its sessions (used by tests).
 pub async fn drop_database(url: &str) -> Result<(), PostgresError> {
-    let options = PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl)?;
-    let name = options
-        .get_database()
-        .ok_or_else(|| PostgresError::NoDatabase(redact(url)))?
-        .to_owned();
-    let mut admin = options
-        .database("postgres")
-        .connect()
-        .await
-        .map_err(PostgresError::Connect)?;
+    let (name, mut admin) = admin_connection(url).await?;
     let drop = format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
         quote_ident(&name)
@@ -94,6 +76,21 @@ pub async fn drop_database(url: &str) -> Result<(), PostgresError> {
         .map_err(|source| PostgresError::Create { name, source })?;
     let _ = admin.close().await;
     Ok(())
+}
+
+/// The database name of `url`, and a connection to the same server's `postgres` database.
+async fn admin_connection(url: &str) -> Result<(String, sqlx::PgConnection), PostgresError> {
+    let options = PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl)?;
+    let name = options
+        .get_database()
+        .ok_or_else(|| PostgresError::NoDatabase(redact(url)))?
+        .to_owned();
+    let admin = options
+        .database("postgres")
+        .connect()
+        .await
+        .map_err(PostgresError::Connect)?;
+    Ok((name, admin))
 }
 
 /// `url` with the database name replaced by `database`.

@@ -7,27 +7,15 @@ use async_graphql_axum::GraphQL;
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
-use tillstream_runtime::Shutdown;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::postgres::{self, PostgresReady};
+use tillstream_runtime::{Shutdown, StartError};
 use tokio::net::TcpListener;
 
 use crate::Config;
 use crate::graphql;
 use crate::reads::Reads;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Postgres(#[from] postgres::PostgresError),
-    #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error(transparent)]
-    Host(#[from] HostError),
-    #[error("HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
-}
 
 pub struct App {
     listener: TcpListener,
@@ -48,7 +36,7 @@ pub fn router(reads: Reads, readiness: Readiness) -> Router {
 }
 
 impl App {
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
         // The gateway may start before the projector: make sure the tables it reads exist.
@@ -69,9 +57,9 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
         ops::serve(self.listener, self.router, shutdown)
             .await
-            .map_err(AppError::Serve)
+            .map_err(HostError::Ops)
     }
 }

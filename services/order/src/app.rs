@@ -3,27 +3,15 @@
 use std::net::SocketAddr;
 
 use tillstream_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
-use tillstream_runtime::Shutdown;
 use tillstream_runtime::event_store::{self, CommandBus};
 use tillstream_runtime::grpc_host::{GrpcHost, HostError, MAX_MESSAGE_BYTES};
 use tillstream_runtime::ops::Readiness;
 use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
+use tillstream_runtime::{Shutdown, StartError};
 
 use crate::Config;
 use crate::grpc::OrderGrpc;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Postgres(#[from] postgres::PostgresError),
-    #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error(transparent)]
-    Tokens(#[from] tillstream_runtime::tokens::TokenError),
-    #[error(transparent)]
-    Host(#[from] HostError),
-}
 
 pub struct App {
     host: GrpcHost,
@@ -34,7 +22,7 @@ pub struct App {
 impl App {
     /// Creates the database if needed, applies migrations, loads the token verification
     /// key (generating a development pair on first start) and binds the listeners. Nothing is served until [`App::run`].
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
         event_store::migrate(&pool).await?;
@@ -64,12 +52,12 @@ impl App {
     }
 
     /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
-    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
         let service =
             OrderServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let router = GrpcHost::router(SERVICE_NAME, tillstream_proto::FILE_DESCRIPTOR_SET)
             .await?
             .add_service(service);
-        Ok(self.host.serve(router, self.readiness, shutdown).await?)
+        self.host.serve(router, self.readiness, shutdown).await
     }
 }

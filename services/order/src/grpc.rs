@@ -69,16 +69,7 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             }),
             note: &req.note,
         })
-        .map_err(|problems| {
-            let mut violations = Violations::default();
-            for (field, problem) in problems {
-                violations.add(field, problem);
-            }
-            violations
-                .into_result()
-                .err()
-                .unwrap_or_else(|| Status::invalid_argument("invalid request"))
-        })?;
+        .map_err(Violations::status)?;
         if !caller.may_act_for(&placement.user_id) {
             return Err(Status::permission_denied(
                 "customers may place orders only for themselves",

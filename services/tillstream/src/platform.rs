@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tillstream_runtime::{Shutdown, postgres};
+use tillstream_runtime::grpc_host::HostError;
+use tillstream_runtime::{Shutdown, StartError, postgres};
 
 /// Where everything lives. Databases are `<database_prefix>_users`, `_orders`, `_reads` on
 /// the Postgres server of `postgres_url`.
@@ -56,20 +57,25 @@ impl PlatformConfig {
     }
 }
 
+/// Which part failed, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum PlatformError {
-    #[error(transparent)]
-    Postgres(#[from] postgres::PostgresError),
-    #[error("user service: {0}")]
-    User(#[from] tillstream_user::app::AppError),
-    #[error("order service: {0}")]
-    Order(#[from] tillstream_order::app::AppError),
-    #[error("relay: {0}")]
-    Relay(#[from] tillstream_relay::app::AppError),
-    #[error("projector: {0}")]
-    Projector(#[from] tillstream_projections::app::AppError),
-    #[error("gateway: {0}")]
-    Gateway(#[from] tillstream_gateway::app::AppError),
+    #[error("{part} could not start: {source}")]
+    Start {
+        part: &'static str,
+        #[source]
+        source: StartError,
+    },
+    #[error("{part} stopped: {source}")]
+    Run {
+        part: &'static str,
+        #[source]
+        source: HostError,
+    },
+}
+
+fn start(part: &'static str) -> impl FnOnce(StartError) -> PlatformError {
+    move |source| PlatformError::Start { part, source }
 }
 
 /// Addresses a client needs.
@@ -94,9 +100,12 @@ impl Platform {
     /// Creates databases, applies migrations, generates development keys on first start and
     /// binds every listener. Streams are created by the relays and the projector as they start.
     pub async fn build(config: PlatformConfig) -> Result<Self, PlatformError> {
-        let users_db = config.database_url("users")?;
-        let orders_db = config.database_url("orders")?;
-        let reads_db = config.database_url("reads")?;
+        let db = |service| {
+            config
+                .database_url(service)
+                .map_err(|e| start("configuration")(e.into()))
+        };
+        let (users_db, orders_db, reads_db) = (db("users")?, db("orders")?, db("reads")?);
         // The user service first: it generates the signing keys the others verify with.
         let user = tillstream_user::App::build(tillstream_user::Config {
             database_url: users_db.clone(),
@@ -106,7 +115,8 @@ impl Platform {
             data_dir: config.data_dir.clone(),
             token_lifetime_secs: 3600,
         })
-        .await?;
+        .await
+        .map_err(start("user service"))?;
         let order = tillstream_order::App::build(tillstream_order::Config {
             database_url: orders_db.clone(),
             db_pool_size: config.db_pool_size,
@@ -114,33 +124,40 @@ impl Platform {
             ops_addr: config.ops_addrs[1],
             data_dir: config.data_dir.clone(),
         })
-        .await?;
+        .await
+        .map_err(start("order service"))?;
+        let nats = tillstream_runtime::nats::NatsConfig {
+            nats_url: config.nats_url.clone(),
+            namespace: config.namespace.clone(),
+            stream_replicas: config.stream_replicas,
+        };
         let relay = |database_url: String, ops_addr| tillstream_relay::Config {
             database_url,
             name: "jetstream".to_owned(),
-            nats_url: config.nats_url.clone(),
-            namespace: config.namespace.clone(),
-            stream_replicas: config.stream_replicas,
+            nats: nats.clone(),
             batch_size: 500,
             ops_addr,
         };
-        let user_relay = tillstream_relay::App::build(relay(users_db, config.ops_addrs[2])).await?;
-        let order_relay =
-            tillstream_relay::App::build(relay(orders_db, config.ops_addrs[3])).await?;
+        let user_relay = tillstream_relay::App::build(relay(users_db, config.ops_addrs[2]))
+            .await
+            .map_err(start("user relay"))?;
+        let order_relay = tillstream_relay::App::build(relay(orders_db, config.ops_addrs[3]))
+            .await
+            .map_err(start("order relay"))?;
         let projector = tillstream_projections::App::build(tillstream_projections::Config {
             database_url: reads_db.clone(),
-            nats_url: config.nats_url.clone(),
-            namespace: config.namespace.clone(),
-            stream_replicas: config.stream_replicas,
+            nats: nats.clone(),
             ops_addr: config.ops_addrs[4],
         })
-        .await?;
+        .await
+        .map_err(start("projector"))?;
         let gateway = tillstream_gateway::App::build(tillstream_gateway::Config {
             database_url: reads_db,
             db_pool_size: config.db_pool_size,
             http_addr: config.gateway_http_addr,
         })
-        .await?;
+        .await
+        .map_err(start("gateway"))?;
         Ok(Platform {
             user,
             order,
@@ -168,46 +185,24 @@ impl Platform {
 
     /// Runs every part until `shutdown` fires. A part that fails stops the others.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), PlatformError> {
-        let stop_all = |result: Result<(), PlatformError>| {
-            if result.is_err() {
+        let watch = |part: &'static str, result: Result<(), HostError>| {
+            result.map_err(|source| {
                 shutdown.cancel();
-            }
-            result
+                PlatformError::Run { part, source }
+            })
         };
         let (user, order, user_relay, order_relay, projector, gateway) = tokio::join!(
-            async { stop_all(self.user.run(shutdown.clone()).await.map_err(Into::into)) },
-            async { stop_all(self.order.run(shutdown.clone()).await.map_err(Into::into)) },
-            async {
-                stop_all(
-                    self.user_relay
-                        .run(shutdown.clone())
-                        .await
-                        .map_err(Into::into),
-                )
-            },
-            async {
-                stop_all(
-                    self.order_relay
-                        .run(shutdown.clone())
-                        .await
-                        .map_err(Into::into),
-                )
-            },
-            async {
-                stop_all(
-                    self.projector
-                        .run(shutdown.clone())
-                        .await
-                        .map_err(Into::into),
-                )
-            },
-            async { stop_all(self.gateway.run(shutdown.clone()).await.map_err(Into::into)) },
+            async { watch("user service", self.user.run(shutdown.clone()).await) },
+            async { watch("order service", self.order.run(shutdown.clone()).await) },
+            async { watch("user relay", self.user_relay.run(shutdown.clone()).await) },
+            async { watch("order relay", self.order_relay.run(shutdown.clone()).await) },
+            async { watch("projector", self.projector.run(shutdown.clone()).await) },
+            async { watch("gateway", self.gateway.run(shutdown.clone()).await) },
         );
-        user?;
-        order?;
-        user_relay?;
-        order_relay?;
-        projector?;
-        gateway
+        user.and(order)
+            .and(user_relay)
+            .and(order_relay)
+            .and(projector)
+            .and(gateway)
     }
 }

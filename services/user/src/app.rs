@@ -4,28 +4,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tillstream_proto::user::v1::user_service_server::{SERVICE_NAME, UserServiceServer};
-use tillstream_runtime::Shutdown;
 use tillstream_runtime::event_store::{self, CommandBus};
 use tillstream_runtime::grpc_host::{GrpcHost, HostError, MAX_MESSAGE_BYTES};
 use tillstream_runtime::ops::Readiness;
 use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::tokens::{KeyPaths, TokenIssuer, TokenVerifier};
+use tillstream_runtime::{Shutdown, StartError};
 
 use crate::Config;
 use crate::credentials::Credentials;
 use crate::grpc::UserGrpc;
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Postgres(#[from] postgres::PostgresError),
-    #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error(transparent)]
-    Tokens(#[from] tillstream_runtime::tokens::TokenError),
-    #[error(transparent)]
-    Host(#[from] HostError),
-}
 
 pub struct App {
     host: GrpcHost,
@@ -36,7 +24,7 @@ pub struct App {
 impl App {
     /// Creates the database if needed, applies migrations, loads (or generates) the
     /// signing keys and binds the listeners. Nothing is served until [`App::run`].
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
         event_store::migrate(&pool).await?;
@@ -71,12 +59,12 @@ impl App {
     }
 
     /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
-    pub async fn run(self, shutdown: Shutdown) -> Result<(), AppError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
         let service =
             UserServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let router = GrpcHost::router(SERVICE_NAME, tillstream_proto::FILE_DESCRIPTOR_SET)
             .await?
             .add_service(service);
-        Ok(self.host.serve(router, self.readiness, shutdown).await?)
+        self.host.serve(router, self.readiness, shutdown).await
     }
 }

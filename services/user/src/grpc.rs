@@ -67,16 +67,7 @@ impl pb::user_service_server::UserService for UserGrpc {
             password: &req.password,
             full_name: &req.full_name,
         })
-        .map_err(|problems| {
-            let mut violations = Violations::default();
-            for (field, problem) in problems {
-                violations.add(field, problem);
-            }
-            violations
-                .into_result()
-                .err()
-                .unwrap_or_else(|| Status::invalid_argument("invalid request"))
-        })?;
+        .map_err(Violations::status)?;
 
         let user_id = uuid::Uuid::now_v7().to_string();
         let hash = credentials::hash_password(registration.password.clone())
