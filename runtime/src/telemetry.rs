@@ -9,7 +9,8 @@ static INIT: Once = Once::new();
 
 pub fn init() {
     INIT.call_once(|| {
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
         let json = std::env::var("TILLSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json");
         let builder = tracing_subscriber::fmt().with_env_filter(filter);
         let result = if json {
