@@ -21,6 +21,11 @@ pub mod user;
 
 pub use envelope::{EventEnvelope, decode, wire_payload};
 pub use metadata::{Actor, EventMetadata, Role};
-pub use order::{Address, OrderEvent, OrderLine, OrderPlaced, OrderStatus};
+pub use order::{
+    Address, OrderCancelled, OrderDelivered, OrderEvent, OrderLine, OrderPaid, OrderPlaced,
+    OrderShipped, OrderStatus,
+};
 pub use subject::Namespace;
-pub use user::{UserEvent, UserRegistered, UserStatus};
+pub use user::{
+    UserDeactivated, UserEvent, UserProfileUpdated, UserRegistered, UserRoleChanged, UserStatus,
+};

@@ -64,16 +64,51 @@ pub struct OrderPlaced {
     pub note: String,
 }
 
+/// The order was paid in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPaid {
+    pub payment_reference: String,
+    pub amount_cents: i64,
+}
+
+/// The order left the warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderShipped {
+    pub carrier: String,
+    pub tracking_number: String,
+}
+
+/// The order reached the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderDelivered {}
+
+/// The order was cancelled. A paid order's cancellation records the refund due (its
+/// total); an unpaid one's is 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub reason: String,
+    pub refund_due_cents: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderEvent {
     OrderPlaced(OrderPlaced),
+    OrderPaid(OrderPaid),
+    OrderShipped(OrderShipped),
+    OrderDelivered(OrderDelivered),
+    OrderCancelled(OrderCancelled),
 }
 
 impl DomainEvent for OrderEvent {
     fn event_type(&self) -> String {
         match self {
-            OrderEvent::OrderPlaced(_) => "OrderPlaced".to_owned(),
+            OrderEvent::OrderPlaced(_) => "OrderPlaced",
+            OrderEvent::OrderPaid(_) => "OrderPaid",
+            OrderEvent::OrderShipped(_) => "OrderShipped",
+            OrderEvent::OrderDelivered(_) => "OrderDelivered",
+            OrderEvent::OrderCancelled(_) => "OrderCancelled",
         }
+        .to_owned()
     }
 
     fn event_version(&self) -> String {

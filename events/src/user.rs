@@ -34,16 +34,43 @@ pub struct UserRegistered {
     pub role: Role,
 }
 
+/// The user changed their profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserProfileUpdated {
+    pub full_name: String,
+}
+
+/// An admin changed the user's role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRoleChanged {
+    pub from: Role,
+    pub to: Role,
+}
+
+/// The account was closed (by an admin or the user). It can no longer log in, and its
+/// tokens stop working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDeactivated {
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UserEvent {
     UserRegistered(UserRegistered),
+    UserProfileUpdated(UserProfileUpdated),
+    UserRoleChanged(UserRoleChanged),
+    UserDeactivated(UserDeactivated),
 }
 
 impl DomainEvent for UserEvent {
     fn event_type(&self) -> String {
         match self {
-            UserEvent::UserRegistered(_) => "UserRegistered".to_owned(),
+            UserEvent::UserRegistered(_) => "UserRegistered",
+            UserEvent::UserProfileUpdated(_) => "UserProfileUpdated",
+            UserEvent::UserRoleChanged(_) => "UserRoleChanged",
+            UserEvent::UserDeactivated(_) => "UserDeactivated",
         }
+        .to_owned()
     }
 
     fn event_version(&self) -> String {

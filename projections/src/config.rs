@@ -8,7 +8,8 @@ pub struct Config {
     #[arg(
         long = "database-url",
         env = "TILLSTREAM_READS_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_reads"
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_reads",
+        hide_env_values = true
     )]
     pub database_url: String,
     #[command(flatten)]

@@ -16,6 +16,7 @@
 pub mod app;
 mod config;
 mod projector;
+pub mod queries;
 pub mod read_model;
 
 pub use app::{App, migrate};

@@ -61,7 +61,58 @@ async fn apply_user(
             .execute(&mut **tx)
             .await?;
         }
+        UserEvent::UserProfileUpdated(e) => {
+            set_user_column(tx, event, id, "full_name", &e.full_name).await?;
+        }
+        UserEvent::UserRoleChanged(e) => {
+            set_user_column(tx, event, id, "role", e.to.as_str()).await?;
+        }
+        UserEvent::UserDeactivated(_) => {
+            set_user_column(tx, event, id, "status", UserStatus::Deactivated.as_str()).await?;
+        }
     }
+    Ok(())
+}
+
+/// Sets one text column of a user row, with its version and update time. `column` is one
+/// of this module's literals, never input.
+async fn set_user_column(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+    id: Uuid,
+    column: &'static str,
+    value: &str,
+) -> Result<(), ApplyError> {
+    let sql =
+        format!("UPDATE users SET {column} = $2, updated_at = $3, version = $4 WHERE id = $1");
+    sqlx::query(&sql)
+        .bind(id)
+        .bind(value)
+        .bind(event.occurred_at)
+        .bind(event.sequence as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Moves an order to `status` (recording `refund_due_cents`), with its version and time.
+async fn set_order_status(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+    id: Uuid,
+    status: OrderStatus,
+    refund_due_cents: i64,
+) -> Result<(), ApplyError> {
+    sqlx::query(
+        "UPDATE orders SET status = $2, refund_due_cents = $3, updated_at = $4, version = $5 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(refund_due_cents)
+    .bind(event.occurred_at)
+    .bind(event.sequence as i64)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -105,6 +156,16 @@ async fn apply_order(
             .bind(&totals)
             .execute(&mut **tx)
             .await?;
+        }
+        OrderEvent::OrderPaid(_) => set_order_status(tx, event, id, OrderStatus::Paid, 0).await?,
+        OrderEvent::OrderShipped(_) => {
+            set_order_status(tx, event, id, OrderStatus::Shipped, 0).await?
+        }
+        OrderEvent::OrderDelivered(_) => {
+            set_order_status(tx, event, id, OrderStatus::Delivered, 0).await?
+        }
+        OrderEvent::OrderCancelled(e) => {
+            set_order_status(tx, event, id, OrderStatus::Cancelled, e.refund_due_cents).await?
         }
     }
     Ok(())

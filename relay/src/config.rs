@@ -8,7 +8,8 @@ pub struct Config {
     #[arg(
         long = "database-url",
         env = "TILLSTREAM_RELAY_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_orders"
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_orders",
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Name of this relay's checkpoint; one relay per event store.

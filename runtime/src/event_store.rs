@@ -2,16 +2,16 @@
 //! columns the relay reads by, and the command loop that writes to it.
 //!
 //! Commands run as: load the aggregate from its events, let it decide, commit the new
-//! events in one transaction with the next sequences. Two commands racing on one aggregate
-//! both try to insert the same `(aggregate_type, aggregate_id, sequence)`; the primary key
-//! lets one win and the other gets [`CommandError::Conflict`] (optimistic concurrency).
+//! events in one transaction with the next sequences ([`CommandBus`]).
 
 use std::sync::Arc;
 
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
+use futures::future::BoxFuture;
 use postgres_es::PostgresEventRepository;
-use sqlx::PgPool;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
 use tillstream_events::EventMetadata;
 
 /// Applies the event-store schema. Event-store migrations are numbered 1xxxx and a
@@ -32,6 +32,12 @@ pub enum CommandError<E: std::error::Error> {
     /// Another command changed the aggregate first; retrying is safe.
     #[error("the {aggregate} was changed concurrently; retry the command")]
     Conflict { aggregate: &'static str },
+    /// The idempotency key was used before by the same caller for a different request.
+    #[error("idempotency key `{key}` was already used for a different request")]
+    IdempotencyMismatch { key: String },
+    /// An enlisted write hit a unique constraint (e.g. an email already registered).
+    #[error("unique constraint `{constraint}` violated")]
+    Unique { constraint: String },
     /// The store could not be reached; retrying with the same idempotency key is safe.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
@@ -40,16 +46,69 @@ pub enum CommandError<E: std::error::Error> {
     Internal(String),
 }
 
+/// A write that commits or rolls back together with a command's events (an email
+/// reservation, say). postgres-es commits in a transaction of its own, so the command bus
+/// writes the events itself to be able to enlist such writes.
+pub trait Enlisted: Send + Sync {
+    fn write<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+}
+
+/// A command's idempotency key, scoped to its caller, with a digest of the request it
+/// came with (so reusing a key for another request is detected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub caller: String,
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 200;
+
+impl Idempotency {
+    /// None when `key` is empty (the command is not idempotent). `request` is the request
+    /// as it will be compared: encode it without its idempotency key.
+    pub fn new(caller: &str, key: &str, request: &[u8]) -> Option<Self> {
+        if key.is_empty() {
+            return None;
+        }
+        let digest = Sha256::digest(request);
+        Some(Idempotency {
+            caller: caller.to_owned(),
+            key: key.to_owned(),
+            request_hash: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+}
+
+/// The answer to a command: the aggregate, its version after the command, and whether
+/// this is the recorded answer of an earlier identical command (nothing new was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub id: String,
+    pub version: u64,
+    pub replayed: bool,
+}
+
 /// Executes commands of aggregate `A` against the Postgres event store.
+///
+/// Loading goes through postgres-es (and so through cqrs-es's upcasters); committing is
+/// done here, in one transaction holding the events (with the next sequences), the
+/// idempotency record and any [`Enlisted`] writes. Two commands racing on one aggregate
+/// both insert the same `(aggregate_type, aggregate_id, sequence)`; the primary key lets
+/// one win and the other gets [`CommandError::Conflict`]. Nothing is half-written: either
+/// all of a command's rows commit or none do.
 pub struct CommandBus<A: Aggregate> {
+    pool: PgPool,
     store: PersistedEventStore<PostgresEventRepository, A>,
     services: A::Services,
 }
 
 impl<A: Aggregate> CommandBus<A> {
     pub fn new(pool: PgPool, services: A::Services) -> Arc<Self> {
-        let repo = PostgresEventRepository::new(pool);
+        let repo = PostgresEventRepository::new(pool.clone());
         Arc::new(CommandBus {
+            pool,
             store: PersistedEventStore::new_event_store(repo),
             services,
         })
@@ -62,20 +121,28 @@ impl<A: Aggregate> CommandBus<A> {
         Ok((context.aggregate, context.current_sequence as u64))
     }
 
-    /// Runs `command` on aggregate `id` and commits its events with `metadata`.
-    /// Returns the aggregate's version after the command.
+    /// Runs `command` on aggregate `id` and commits its events with `metadata`, the
+    /// idempotency record and `enlisted`, all in one transaction.
     pub async fn execute(
         &self,
         id: &str,
         command: A::Command,
         metadata: &EventMetadata,
-    ) -> Result<u64, CommandError<A::Error>> {
+        idempotency: Option<&Idempotency>,
+        enlisted: Option<&dyn Enlisted>,
+    ) -> Result<Committed, CommandError<A::Error>> {
         let started = std::time::Instant::now();
-        let result = self.execute_untimed(id, command, metadata).await;
+        let result = self
+            .execute_untimed(id, command, metadata, idempotency, enlisted)
+            .await;
         let outcome = match &result {
+            Ok(c) if c.replayed => "replayed",
             Ok(_) => "ok",
             Err(CommandError::Rejected(_)) => "rejected",
             Err(CommandError::Conflict { .. }) => "conflict",
+            Err(CommandError::IdempotencyMismatch { .. } | CommandError::Unique { .. }) => {
+                "invalid"
+            }
             Err(CommandError::Unavailable(_)) => "unavailable",
             Err(CommandError::Internal(_)) => "internal",
         };
@@ -91,9 +158,16 @@ impl<A: Aggregate> CommandBus<A> {
         id: &str,
         command: A::Command,
         metadata: &EventMetadata,
-    ) -> Result<u64, CommandError<A::Error>> {
+        idempotency: Option<&Idempotency>,
+        enlisted: Option<&dyn Enlisted>,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        if let Some(idem) = idempotency
+            && let Some(earlier) = self.recorded(idem).await?
+        {
+            return Ok(earlier);
+        }
         let mut context = self.store.load_aggregate(id).await.map_err(convert::<A>)?;
-        let version = context.current_sequence as u64;
+        let current = context.current_sequence as u64;
         let sink = cqrs_es::event_sink::EventSink::default();
         context
             .aggregate
@@ -101,15 +175,115 @@ impl<A: Aggregate> CommandBus<A> {
             .await
             .map_err(CommandError::Rejected)?;
         let events = sink.collect().await;
-        if events.is_empty() {
-            return Ok(version);
-        }
-        let committed = self
-            .store
-            .commit(events, context, metadata.to_map())
+        let version = current + events.len() as u64;
+
+        let mut tx = self.pool.begin().await.map_err(classify::<A>)?;
+        let meta = serde_json::to_value(metadata.to_map())
+            .map_err(|e| CommandError::Internal(e.to_string()))?;
+        for (offset, event) in events.iter().enumerate() {
+            let payload =
+                serde_json::to_value(event).map_err(|e| CommandError::Internal(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(A::TYPE)
+            .bind(id)
+            .bind((current + 1 + offset as u64) as i64)
+            .bind(event.event_type())
+            .bind(event.event_version())
+            .bind(&payload)
+            .bind(&meta)
+            .execute(&mut *tx)
             .await
-            .map_err(convert::<A>)?;
-        Ok(committed.last().map_or(version, |e| e.sequence as u64))
+            .map_err(classify::<A>)?;
+        }
+        if let Some(write) = enlisted {
+            write.write(&mut tx).await.map_err(classify::<A>)?;
+        }
+        if let Some(idem) = idempotency {
+            let recorded = sqlx::query(
+                "INSERT INTO idempotency_keys (caller, key, request_hash, aggregate_id, version) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&idem.caller)
+            .bind(&idem.key)
+            .bind(&idem.request_hash)
+            .bind(id)
+            .bind(version as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify::<A>)?;
+            if recorded.rows_affected() == 0 {
+                // The same key committed concurrently: that command's answer is the answer.
+                tx.rollback().await.map_err(classify::<A>)?;
+                return self.recorded(idem).await?.ok_or_else(|| {
+                    CommandError::Internal("idempotency record vanished".to_owned())
+                });
+            }
+        }
+        tx.commit().await.map_err(classify::<A>)?;
+        Ok(Committed {
+            id: id.to_owned(),
+            version,
+            replayed: false,
+        })
+    }
+
+    /// The recorded answer for `idem`, or None; a different request under the same key is
+    /// [`CommandError::IdempotencyMismatch`].
+    async fn recorded(
+        &self,
+        idem: &Idempotency,
+    ) -> Result<Option<Committed>, CommandError<A::Error>> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT request_hash, aggregate_id, version FROM idempotency_keys WHERE caller = $1 AND key = $2",
+        )
+        .bind(&idem.caller)
+        .bind(&idem.key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify::<A>)?;
+        match row {
+            None => Ok(None),
+            Some((hash, _, _)) if hash != idem.request_hash => {
+                Err(CommandError::IdempotencyMismatch {
+                    key: idem.key.clone(),
+                })
+            }
+            Some((_, id, version)) => Ok(Some(Committed {
+                id,
+                version: version as u64,
+                replayed: true,
+            })),
+        }
+    }
+}
+
+/// Sorts a database error into what a client can do about it.
+fn classify<A: Aggregate>(error: sqlx::Error) -> CommandError<A::Error> {
+    match &error {
+        sqlx::Error::Database(db) => match (db.code().as_deref(), db.constraint()) {
+            (Some("23505"), Some("events_pkey")) | (Some("40001" | "40P01"), _) => {
+                CommandError::Conflict { aggregate: A::TYPE }
+            }
+            (Some("23505"), Some(constraint)) => CommandError::Unique {
+                constraint: constraint.to_owned(),
+            },
+            // Connection-level failures reported by the server (admin shutdown, too many
+            // connections, cannot connect now).
+            (Some(code), _)
+                if code.starts_with("08") || code.starts_with("57") || code == "53300" =>
+            {
+                CommandError::Unavailable(error.to_string())
+            }
+            _ => CommandError::Internal(error.to_string()),
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed => CommandError::Unavailable(error.to_string()),
+        _ => CommandError::Internal(error.to_string()),
     }
 }
 
@@ -118,14 +292,10 @@ fn convert<A: Aggregate>(error: AggregateError<A::Error>) -> CommandError<A::Err
         AggregateError::UserError(e) => CommandError::Rejected(e),
         AggregateError::AggregateConflict => CommandError::Conflict { aggregate: A::TYPE },
         AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e.to_string()),
-        other => {
-            let message = other.to_string();
-            // A pool that cannot hand out a connection is unavailability, not a bug.
-            if message.contains("pool timed out") || message.contains("Connection refused") {
-                CommandError::Unavailable(message)
-            } else {
-                CommandError::Internal(message)
-            }
-        }
+        AggregateError::UnexpectedError(e) => match e.downcast::<sqlx::Error>() {
+            Ok(sqlx_error) => classify::<A>(*sqlx_error),
+            Err(other) => CommandError::Internal(other.to_string()),
+        },
+        other => CommandError::Internal(other.to_string()),
     }
 }

@@ -2,6 +2,8 @@
 //! how validation failures are reported (`google.rpc.BadRequest` field violations), and
 //! how event-store failures map to status codes.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tillstream_events::{Actor, EventMetadata, Role};
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
@@ -9,7 +11,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::Shutdown;
-use crate::event_store::CommandError;
+use crate::event_store::{CommandError, Idempotency, MAX_IDEMPOTENCY_KEY_BYTES};
 use crate::tokens::{Claims, TokenVerifier};
 
 /// Request metadata key carrying the correlation id across services.
@@ -80,6 +82,80 @@ pub fn event_metadata(
     meta
 }
 
+/// The idempotency of a command: its key scoped to the caller (`anonymous` for open
+/// commands) and a digest of `request`, which must be the request encoded without its key.
+pub fn idempotency(
+    caller: Option<&Caller>,
+    key: &str,
+    request: &[u8],
+) -> Result<Option<Idempotency>, Status> {
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(invalid_field(
+            "idempotency_key",
+            &format!("must be at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+        ));
+    }
+    let scope = caller.map_or("anonymous", |c| c.user_id.as_str());
+    Ok(Idempotency::new(scope, key, request))
+}
+
+const DEFAULT_PAGE: u32 = 20;
+const MAX_PAGE: u32 = 100;
+const MAX_TEXT_CHARS: usize = 200;
+
+/// A list request's page size: 0 means 20, at most 100.
+pub fn page_size(raw: u32) -> Result<i64, Status> {
+    match raw {
+        0 => Ok(i64::from(DEFAULT_PAGE)),
+        1..=MAX_PAGE => Ok(i64::from(raw)),
+        _ => Err(invalid_field(
+            "page_size",
+            &format!("must be at most {MAX_PAGE}"),
+        )),
+    }
+}
+
+/// The opaque page token after the item `last` (lists are ordered by UUIDv7 id).
+pub fn encode_page_token(last: uuid::Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(last.as_bytes())
+}
+
+/// The id a page token continues after; None for the first page.
+pub fn decode_page_token(token: &str) -> Result<Option<uuid::Uuid>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| uuid::Uuid::from_slice(&bytes).ok())
+        .map(Some)
+        .ok_or_else(|| invalid_field("page_token", "is not a token this API returned"))
+}
+
+/// A UUID field, in canonical form.
+pub fn uuid_field(field: &str, raw: &str) -> Result<String, Status> {
+    uuid::Uuid::parse_str(raw)
+        .map(|id| id.to_string())
+        .map_err(|_| invalid_field(field, "must be a UUID"))
+}
+
+/// A short free-text field: trimmed, at most 200 characters, no control characters;
+/// `required` ones must not be empty.
+pub fn short_text(field: &str, raw: &str, required: bool) -> Result<String, Status> {
+    let value = raw.trim();
+    if required && value.is_empty() {
+        return Err(invalid_field(field, "must not be empty"));
+    }
+    if value.chars().count() > MAX_TEXT_CHARS || value.chars().any(char::is_control) {
+        return Err(invalid_field(
+            field,
+            &format!("must be at most {MAX_TEXT_CHARS} characters, without control characters"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// Collects field violations; [`Violations::into_result`] turns them into one
 /// `INVALID_ARGUMENT` status listing every bad field.
 #[derive(Debug, Default)]
@@ -139,6 +215,12 @@ pub fn command_status<E: std::error::Error>(
     match error {
         CommandError::Rejected(e) => rejected(e),
         conflict @ CommandError::Conflict { .. } => Status::aborted(conflict.to_string()),
+        mismatch @ CommandError::IdempotencyMismatch { .. } => {
+            invalid_field("idempotency_key", &mismatch.to_string())
+        }
+        CommandError::Unique { constraint } => {
+            Status::already_exists(format!("already exists ({constraint})"))
+        }
         CommandError::Unavailable(detail) => {
             tracing::warn!(%detail, "event store unavailable");
             Status::unavailable(

@@ -7,6 +7,7 @@
 //! `App::run(shutdown)` that serves until the [`Shutdown`] token fires.
 
 pub mod event_store;
+pub mod gate;
 pub mod grpc;
 pub mod grpc_host;
 pub mod nats;

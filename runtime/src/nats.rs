@@ -38,7 +38,8 @@ pub struct NatsConfig {
     #[arg(
         long = "nats-url",
         env = "TILLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
     )]
     pub nats_url: String,
     /// Prefix of every stream and subject (empty: the public names).

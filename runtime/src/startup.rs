@@ -20,4 +20,6 @@ pub enum StartError {
     Tokens(#[from] TokenError),
     #[error(transparent)]
     Host(#[from] HostError),
+    #[error("{0}")]
+    Bootstrap(String),
 }

@@ -27,6 +27,11 @@ pub enum TokenError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "no token verification key at {0}: start the user service once (it generates the key pair) \
+         or install the user service's public key there"
+    )]
+    MissingPublicKey(PathBuf),
     #[error("cannot generate a key: {0}")]
     Generate(String),
     #[error("invalid key: {0}")]
@@ -192,6 +197,9 @@ pub struct TokenVerifier {
 
 impl TokenVerifier {
     pub fn load(paths: &KeyPaths) -> Result<Self, TokenError> {
+        if !paths.public.exists() {
+            return Err(TokenError::MissingPublicKey(paths.public.clone()));
+        }
         let key =
             DecodingKey::from_ed_pem(&read(&paths.public)?).map_err(TokenError::InvalidKey)?;
         let mut validation = Validation::new(Algorithm::EdDSA);

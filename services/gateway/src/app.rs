@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::Config;
 use crate::graphql;
-use crate::reads::Reads;
+use tillstream_projections::queries::Reads;
 
 pub struct App {
     listener: TcpListener,

@@ -2,12 +2,11 @@
 //! `GET /graphql`) served from the Postgres read models the projector builds.
 //!
 //! The gateway never reads an event store and never writes a read model: queries go to
-//! [`reads`], one module that owns the SQL of the read models.
+//! `tillstream_projections::queries`, the one module that owns the SQL of the read models.
 
 pub mod app;
 pub mod config;
 pub mod graphql;
-pub mod reads;
 
 pub use app::App;
 pub use config::Config;

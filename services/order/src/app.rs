@@ -10,6 +10,13 @@ use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
 use tillstream_runtime::{Shutdown, StartError};
 
+use std::sync::Arc;
+
+use tonic::service::interceptor::InterceptedService;
+
+use tillstream_projections::queries::Reads;
+use tillstream_runtime::gate::Gate;
+
 use crate::Config;
 use crate::grpc::OrderGrpc;
 
@@ -21,25 +28,36 @@ pub struct App {
 
 impl App {
     /// Creates the database if needed, applies migrations, loads the token verification
-    /// key (generating a development pair on first start) and binds the listeners. Nothing is served until [`App::run`].
+    /// key (the user service generates the pair; this service only reads the public key)
+    /// and binds the listeners. Nothing is served until [`App::run`].
     pub async fn build(config: Config) -> Result<Self, StartError> {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
         event_store::migrate(&pool).await?;
 
-        let keys = KeyPaths::in_dir(&config.data_dir);
-        keys.ensure_generated()?;
+        postgres::ensure_database(&config.reads_database_url).await?;
+        let reads_pool = postgres::pool(&config.reads_database_url, config.db_pool_size)?;
+        tillstream_projections::migrate(&reads_pool).await?;
+        let reads = Reads::new(reads_pool.clone());
+
+        let verifier = TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?;
         let service = OrderGrpc {
             commands: CommandBus::new(pool.clone(), ()),
-            verifier: TokenVerifier::load(&keys)?,
+            gate: Gate::new(verifier, Arc::new(reads.clone())),
+            reads,
         };
         Ok(App {
             host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
             service,
-            readiness: Readiness::default().with(PostgresReady {
-                name: "postgres",
-                pool,
-            }),
+            readiness: Readiness::default()
+                .with(PostgresReady {
+                    name: "postgres",
+                    pool,
+                })
+                .with(PostgresReady {
+                    name: "reads",
+                    pool: reads_pool,
+                }),
         })
     }
 
@@ -53,8 +71,11 @@ impl App {
 
     /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
-        let service =
-            OrderServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let interceptor = self.service.gate.interceptor();
+        let service = InterceptedService::new(
+            OrderServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            interceptor,
+        );
         let router = GrpcHost::router(SERVICE_NAME, tillstream_proto::FILE_DESCRIPTOR_SET)
             .await?
             .add_service(service);

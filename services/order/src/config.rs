@@ -9,9 +9,18 @@ pub struct Config {
     #[arg(
         long = "database-url",
         env = "TILLSTREAM_ORDER_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_orders"
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_orders",
+        hide_env_values = true
     )]
     pub database_url: String,
+    /// Database of the read models: active-user checks and order history.
+    #[arg(
+        long = "reads-database-url",
+        env = "TILLSTREAM_READS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_reads",
+        hide_env_values = true
+    )]
+    pub reads_database_url: String,
     /// Maximum Postgres connections.
     #[arg(
         long = "db-pool-size",

@@ -1,25 +1,50 @@
-//! The gRPC edge of the order service.
+//! The gRPC edge of the order service: who may do what, decoding, and mapping every
+//! failure to a status once. Business rules live in the aggregate.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tillstream_events::{Address, OrderStatus};
+use prost::Message;
+use tillstream_events::{Address, OrderStatus, Role};
+use tillstream_projections::queries::Reads;
 use tillstream_proto::order::v1 as pb;
-use tillstream_runtime::event_store::CommandBus;
-use tillstream_runtime::grpc::{self, Violations};
-use tillstream_runtime::tokens::TokenVerifier;
+use tillstream_runtime::event_store::{CommandBus, CommandError, Committed};
+use tillstream_runtime::gate::Gate;
+use tillstream_runtime::grpc::{self, Caller, Violations};
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::domain::{ItemInput, Order, OrderCommand, OrderError, Placement, PlacementInput};
 
+/// How long PlaceOrder waits for a just-registered user to reach the read model.
+const USER_VISIBILITY_WAIT: Duration = Duration::from_secs(2);
+
 pub struct OrderGrpc {
     pub(crate) commands: Arc<CommandBus<Order>>,
-    pub(crate) verifier: TokenVerifier,
+    pub(crate) gate: Gate,
+    pub(crate) reads: Reads,
 }
 
 fn rejected(error: OrderError) -> Status {
     match error {
         OrderError::AlreadyPlaced => Status::already_exists(error.to_string()),
+        OrderError::NotFound => Status::not_found(error.to_string()),
+        OrderError::IllegalTransition { .. } => Status::failed_precondition(error.to_string()),
+        OrderError::AmountMismatch { .. } => {
+            grpc::invalid_field("amount_cents", &error.to_string())
+        }
     }
+}
+
+fn command_status(error: CommandError<OrderError>) -> Status {
+    grpc::command_status(error, rejected)
+}
+
+fn reply(committed: Committed) -> Response<pb::CommandReply> {
+    Response::new(pb::CommandReply {
+        id: committed.id,
+        version: committed.version,
+    })
 }
 
 fn status_to_proto(status: Option<OrderStatus>) -> pb::OrderStatus {
@@ -33,19 +58,102 @@ fn status_to_proto(status: Option<OrderStatus>) -> pb::OrderStatus {
     }
 }
 
+fn status_from_read_model(status: &str) -> pb::OrderStatus {
+    pb::OrderStatus::from_str_name(&format!("ORDER_STATUS_{status}"))
+        .unwrap_or(pb::OrderStatus::Unspecified)
+}
+
+fn unavailable(error: sqlx::Error) -> Status {
+    tracing::warn!(%error, "read model unavailable");
+    Status::unavailable("the read model is unavailable; retry")
+}
+
+impl OrderGrpc {
+    /// Runs `command` on order `order_id` for `caller`, who must be the order's owner, an
+    /// admin, or (for `staff_only` commands) an admin or a service.
+    async fn change(
+        &self,
+        caller: &Caller,
+        metadata: &tonic::metadata::MetadataMap,
+        order_id: &str,
+        command: OrderCommand,
+        staff_only: bool,
+        idempotency_key: &str,
+        request: &[u8],
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let idempotency = grpc::idempotency(Some(caller), idempotency_key, request)?;
+        if staff_only && !matches!(caller.role, Role::Admin | Role::Service) {
+            return Err(Status::permission_denied(
+                "only admins and services may do this",
+            ));
+        }
+        let (order, _) = self.commands.load(order_id).await.map_err(command_status)?;
+        // Someone else's order is reported as missing, so ids of other orders do not leak.
+        if !order.exists() || !caller.may_act_for(&order.user_id) {
+            return Err(Status::not_found(format!("order {order_id} not found")));
+        }
+        let meta = grpc::event_metadata(metadata, Some(caller), idempotency_key);
+        let committed = self
+            .commands
+            .execute(order_id, command, &meta, idempotency.as_ref(), None)
+            .await
+            .map_err(command_status)?;
+        Ok(reply(committed))
+    }
+
+    /// The user must exist and be active; a just-registered user gets a short grace period
+    /// to reach the read model.
+    async fn require_active_user(&self, user_id: &str) -> Result<(), Status> {
+        let id = Uuid::parse_str(user_id)
+            .map_err(|_| grpc::invalid_field("user_id", "must be a UUID"))?;
+        let deadline = tokio::time::Instant::now() + USER_VISIBILITY_WAIT;
+        loop {
+            match self
+                .reads
+                .user_status(id)
+                .await
+                .map_err(unavailable)?
+                .as_deref()
+            {
+                Some("ACTIVE") => return Ok(()),
+                Some(_) => {
+                    return Err(Status::failed_precondition(format!(
+                        "user {user_id} is deactivated"
+                    )));
+                }
+                None if tokio::time::Instant::now() >= deadline => {
+                    return Err(Status::failed_precondition(format!(
+                        "user {user_id} does not exist"
+                    )));
+                }
+                None => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::order_service_server::OrderService for OrderGrpc {
     async fn place_order(
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
-        let caller = grpc::authenticate(&self.verifier, request.metadata())?;
+        let caller = self.gate.caller(&request).await?;
         let meta = grpc::event_metadata(
             request.metadata(),
             Some(&caller),
             &request.get_ref().idempotency_key,
         );
         let req = request.into_inner();
+        let unkeyed = pb::PlaceOrderRequest {
+            idempotency_key: String::new(),
+            ..req.clone()
+        };
+        let idempotency = grpc::idempotency(
+            Some(&caller),
+            &req.idempotency_key,
+            &unkeyed.encode_to_vec(),
+        )?;
         let placement = Placement::parse(&PlacementInput {
             user_id: &req.user_id,
             items: req
@@ -59,7 +167,7 @@ impl pb::order_service_server::OrderService for OrderGrpc {
                 })
                 .collect(),
             currency: &req.currency,
-            shipping_address: req.shipping_address.map(|a| Address {
+            shipping_address: req.shipping_address.clone().map(|a| Address {
                 name: a.name,
                 line1: a.line1,
                 line2: a.line2,
@@ -75,39 +183,142 @@ impl pb::order_service_server::OrderService for OrderGrpc {
                 "customers may place orders only for themselves",
             ));
         }
-        let order_id = uuid::Uuid::now_v7().to_string();
-        let version = self
+        self.require_active_user(&placement.user_id).await?;
+        let order_id = Uuid::now_v7().to_string();
+        let committed = self
             .commands
-            .execute(&order_id, OrderCommand::Place(placement), &meta)
+            .execute(
+                &order_id,
+                OrderCommand::Place(placement),
+                &meta,
+                idempotency.as_ref(),
+                None,
+            )
             .await
-            .map_err(|e| grpc::command_status(e, rejected))?;
-        tracing::info!(%order_id, correlation_id = %meta.correlation_id, "order placed");
-        Ok(Response::new(pb::CommandReply {
-            id: order_id,
-            version,
-        }))
+            .map_err(command_status)?;
+        if !committed.replayed {
+            tracing::info!(order_id = %committed.id, correlation_id = %meta.correlation_id, "order placed");
+        }
+        Ok(reply(committed))
+    }
+
+    async fn pay_order(
+        &self,
+        request: Request<pb::PayOrderRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        let req = request.get_ref();
+        let order_id = grpc::uuid_field("order_id", &req.order_id)?;
+        let command = OrderCommand::Pay {
+            payment_reference: grpc::short_text("payment_reference", &req.payment_reference, true)?,
+            amount_cents: req.amount_cents,
+        };
+        let unkeyed = pb::PayOrderRequest {
+            idempotency_key: String::new(),
+            ..req.clone()
+        };
+        self.change(
+            &caller,
+            request.metadata(),
+            &order_id,
+            command,
+            false,
+            &req.idempotency_key,
+            &unkeyed.encode_to_vec(),
+        )
+        .await
+    }
+
+    async fn ship_order(
+        &self,
+        request: Request<pb::ShipOrderRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        let req = request.get_ref();
+        let order_id = grpc::uuid_field("order_id", &req.order_id)?;
+        let command = OrderCommand::Ship {
+            carrier: grpc::short_text("carrier", &req.carrier, true)?,
+            tracking_number: grpc::short_text("tracking_number", &req.tracking_number, true)?,
+        };
+        let unkeyed = pb::ShipOrderRequest {
+            idempotency_key: String::new(),
+            ..req.clone()
+        };
+        self.change(
+            &caller,
+            request.metadata(),
+            &order_id,
+            command,
+            true,
+            &req.idempotency_key,
+            &unkeyed.encode_to_vec(),
+        )
+        .await
+    }
+
+    async fn deliver_order(
+        &self,
+        request: Request<pb::DeliverOrderRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        let req = request.get_ref();
+        let order_id = grpc::uuid_field("order_id", &req.order_id)?;
+        let unkeyed = pb::DeliverOrderRequest {
+            idempotency_key: String::new(),
+            ..req.clone()
+        };
+        self.change(
+            &caller,
+            request.metadata(),
+            &order_id,
+            OrderCommand::Deliver,
+            true,
+            &req.idempotency_key,
+            &unkeyed.encode_to_vec(),
+        )
+        .await
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        let req = request.get_ref();
+        let order_id = grpc::uuid_field("order_id", &req.order_id)?;
+        let command = OrderCommand::Cancel {
+            reason: grpc::short_text("reason", &req.reason, false)?,
+        };
+        let unkeyed = pb::CancelOrderRequest {
+            idempotency_key: String::new(),
+            ..req.clone()
+        };
+        self.change(
+            &caller,
+            request.metadata(),
+            &order_id,
+            command,
+            false,
+            &req.idempotency_key,
+            &unkeyed.encode_to_vec(),
+        )
+        .await
     }
 
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let caller = grpc::authenticate(&self.verifier, request.metadata())?;
-        let order_id = uuid::Uuid::parse_str(&request.get_ref().order_id)
-            .map_err(|_| grpc::invalid_field("order_id", "must be a UUID"))?
-            .to_string();
+        let caller = self.gate.caller(&request).await?;
+        let order_id = grpc::uuid_field("order_id", &request.get_ref().order_id)?;
         let (order, version) = self
             .commands
             .load(&order_id)
             .await
-            .map_err(|e| grpc::command_status(e, rejected))?;
-        if !order.exists() {
+            .map_err(command_status)?;
+        // Someone else's order is reported as missing, so ids of other orders do not leak.
+        if !order.exists() || !caller.may_act_for(&order.user_id) {
             return Err(Status::not_found(format!("order {order_id} not found")));
-        }
-        if !caller.may_act_for(&order.user_id) {
-            return Err(Status::permission_denied(
-                "customers may read only their own orders",
-            ));
         }
         Ok(Response::new(pb::Order {
             id: order_id,
@@ -127,6 +338,62 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             total_cents: order.total_cents,
             currency: order.currency,
             version,
+            refund_due_cents: order.refund_due_cents,
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        let req = request.into_inner();
+        let user_id = grpc::uuid_field("user_id", &req.user_id)?;
+        if !caller.may_act_for(&user_id) {
+            return Err(Status::permission_denied(
+                "customers may list only their own orders",
+            ));
+        }
+        let limit = grpc::page_size(req.page_size)?;
+        let before = grpc::decode_page_token(&req.page_token)?;
+        let status = match pb::OrderStatus::try_from(req.status) {
+            Ok(pb::OrderStatus::Unspecified) => None,
+            Ok(status) => Some(
+                status
+                    .as_str_name()
+                    .trim_start_matches("ORDER_STATUS_")
+                    .to_owned(),
+            ),
+            Err(_) => return Err(grpc::invalid_field("status", "is not an OrderStatus")),
+        };
+        let user = Uuid::parse_str(&user_id)
+            .map_err(|_| grpc::invalid_field("user_id", "must be a UUID"))?;
+        let mut rows = self
+            .reads
+            .orders(Some(user), status.as_deref(), before, limit + 1)
+            .await
+            .map_err(unavailable)?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => grpc::encode_page_token(last.order.id),
+            _ => String::new(),
+        };
+        let orders = rows
+            .into_iter()
+            .map(|row| pb::OrderSummary {
+                id: row.order.id.to_string(),
+                status: status_from_read_model(&row.order.status).into(),
+                total_cents: row.order.total_cents,
+                currency: row.order.currency,
+                item_count: row.items.len() as u32,
+                created_at: row.order.created_at.to_rfc3339(),
+                version: row.order.version as u64,
+            })
+            .collect();
+        Ok(Response::new(pb::ListOrdersReply {
+            orders,
+            next_page_token,
         }))
     }
 }

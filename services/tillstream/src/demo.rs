@@ -1,9 +1,10 @@
 //! Demo data for `tillstream up`: one customer and an order with two items, placed through
 //! the public gRPC API like any client would.
 //!
-//! The customer's password is random, generated at the first seeding and kept in
-//! `<data_dir>/demo.json` (mode 0600) with the ids, so later starts show the same data
-//! instead of adding more.
+//! The customer's password is random, generated at the first seeding and written to
+//! `<data_dir>/demo.json` (mode 0600) before anything is registered; the commands carry
+//! fixed idempotency keys. A seeding interrupted at any point is therefore finished by
+//! the next start, and later starts show the same data instead of adding more.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -52,33 +53,44 @@ pub async fn seed(
     order_grpc: SocketAddr,
 ) -> Result<Demo, DemoError> {
     let file = data_dir.join(DEMO_FILE);
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        let saved: serde_json::Value = serde_json::from_str(&text)?;
-        let field = |k: &str| saved[k].as_str().unwrap_or_default().to_owned();
+    let mut saved: serde_json::Value = match std::fs::read_to_string(&file) {
+        Ok(text) => serde_json::from_str(&text)?,
+        Err(_) => {
+            let fresh = json!({ "email": DEMO_EMAIL, "password": random_password()? });
+            tillstream_runtime::secret_file::write(
+                &file,
+                serde_json::to_string_pretty(&fresh)?.as_bytes(),
+            )?;
+            fresh
+        }
+    };
+    let field =
+        |saved: &serde_json::Value, k: &str| saved[k].as_str().unwrap_or_default().to_owned();
+    if !field(&saved, "order_id").is_empty() {
         return Ok(Demo {
-            email: field("email"),
-            password: field("password"),
-            user_id: field("user_id"),
-            order_id: field("order_id"),
+            email: field(&saved, "email"),
+            password: field(&saved, "password"),
+            user_id: field(&saved, "user_id"),
+            order_id: field(&saved, "order_id"),
         });
     }
+    let (email, password) = (field(&saved, "email"), field(&saved, "password"));
 
     let mut users = UserServiceClient::connect(format!("http://{user_grpc}")).await?;
     let mut orders = OrderServiceClient::connect(format!("http://{order_grpc}")).await?;
-    let password = random_password()?;
     let registered = users
         .register_user(user_pb::RegisterUserRequest {
-            email: DEMO_EMAIL.to_owned(),
+            email: email.clone(),
             username: "demo".to_owned(),
             password: password.clone(),
             full_name: "Demo Customer".to_owned(),
-            idempotency_key: String::new(),
+            idempotency_key: "demo-customer".to_owned(),
         })
         .await?
         .into_inner();
     let login = users
         .login(user_pb::LoginRequest {
-            email: DEMO_EMAIL.to_owned(),
+            email: email.clone(),
             password: password.clone(),
         })
         .await?
@@ -102,7 +114,7 @@ pub async fn seed(
         currency: "EUR".to_owned(),
         shipping_address: None,
         note: "demo order".to_owned(),
-        idempotency_key: String::new(),
+        idempotency_key: "demo-order".to_owned(),
     });
     let bearer = format!("Bearer {}", login.access_token)
         .parse()
@@ -110,19 +122,16 @@ pub async fn seed(
     place.metadata_mut().insert("authorization", bearer);
     let placed = orders.place_order(place).await?.into_inner();
 
-    let demo = Demo {
-        email: DEMO_EMAIL.to_owned(),
-        password,
-        user_id: registered.id,
-        order_id: placed.id,
-    };
-    let saved = json!({
-        "email": demo.email, "password": demo.password,
-        "user_id": demo.user_id, "order_id": demo.order_id,
-    });
+    saved["user_id"] = json!(registered.id);
+    saved["order_id"] = json!(placed.id);
     tillstream_runtime::secret_file::write(
         &file,
         serde_json::to_string_pretty(&saved)?.as_bytes(),
     )?;
-    Ok(demo)
+    Ok(Demo {
+        email,
+        password,
+        user_id: registered.id,
+        order_id: placed.id,
+    })
 }

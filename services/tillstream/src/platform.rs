@@ -22,6 +22,10 @@ pub struct PlatformConfig {
     /// Ops endpoints of user, order, user relay, order relay and projector, in that order.
     pub ops_addrs: [SocketAddr; 5],
     pub db_pool_size: u32,
+    /// The first admin, created on first start (see the user service's `--admin-email`).
+    pub admin_email: Option<String>,
+    /// Its password; generated into `<data_dir>/admin-password` when None.
+    pub admin_password: Option<String>,
 }
 
 impl PlatformConfig {
@@ -46,6 +50,8 @@ impl PlatformConfig {
             gateway_http_addr: any,
             ops_addrs: [any; 5],
             db_pool_size: 10,
+            admin_email: None,
+            admin_password: None,
         }
     }
 
@@ -113,6 +119,9 @@ impl Platform {
             grpc_addr: config.user_grpc_addr,
             ops_addr: config.ops_addrs[0],
             data_dir: config.data_dir.clone(),
+            reads_database_url: reads_db.clone(),
+            admin_email: config.admin_email.clone(),
+            admin_password: config.admin_password.clone(),
             token_lifetime_secs: 3600,
         })
         .await
@@ -123,6 +132,7 @@ impl Platform {
             grpc_addr: config.order_grpc_addr,
             ops_addr: config.ops_addrs[1],
             data_dir: config.data_dir.clone(),
+            reads_database_url: reads_db.clone(),
         })
         .await
         .map_err(start("order service"))?;

@@ -12,7 +12,8 @@ pub struct UpArgs {
     #[arg(
         long,
         env = "TILLSTREAM_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
     )]
     postgres_url: String,
     /// Prefix of the databases.
@@ -57,6 +58,16 @@ pub struct UpArgs {
     /// and the projector.
     #[arg(long, env = "TILLSTREAM_OPS_BASE_PORT", default_value_t = 9101)]
     ops_base_port: u16,
+    /// The first admin, created on first start.
+    #[arg(
+        long,
+        env = "TILLSTREAM_ADMIN_EMAIL",
+        default_value = "admin@tillstream.local"
+    )]
+    admin_email: String,
+    /// The first admin's password; generated into `<data-dir>/admin-password` when unset.
+    #[arg(long, env = "TILLSTREAM_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
     /// Do not seed the demo customer and order.
     #[arg(long)]
     no_demo: bool,
@@ -78,6 +89,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         gateway_http_addr: args.gateway_http_addr,
         ops_addrs: [ops(0), ops(1), ops(2), ops(3), ops(4)],
         db_pool_size: 10,
+        admin_email: Some(args.admin_email.clone()),
+        admin_password: args.admin_password,
     };
     let platform = Platform::build(config)
         .await
@@ -125,6 +138,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Err(error) => eprintln!("  demo data could not be seeded: {error}"),
         }
     }
+    println!(
+        "  admin     {} (password in {}/admin-password unless configured)",
+        args.admin_email,
+        args.data_dir.display()
+    );
     println!("Ctrl-C stops everything.");
     running.await.context("platform task")??;
     Ok(())

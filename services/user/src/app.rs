@@ -11,9 +11,15 @@ use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::tokens::{KeyPaths, TokenIssuer, TokenVerifier};
 use tillstream_runtime::{Shutdown, StartError};
 
-use crate::Config;
+use std::sync::Arc;
+
+use tillstream_projections::queries::Reads;
+use tillstream_runtime::gate::Gate;
+use tonic::service::interceptor::InterceptedService;
+
 use crate::credentials::Credentials;
 use crate::grpc::UserGrpc;
+use crate::{Config, bootstrap};
 
 pub struct App {
     host: GrpcHost,
@@ -34,19 +40,42 @@ impl App {
 
         let keys = KeyPaths::in_dir(&config.data_dir);
         keys.ensure_generated()?;
+        postgres::ensure_database(&config.reads_database_url).await?;
+        let reads_pool = postgres::pool(&config.reads_database_url, config.db_pool_size)?;
+        tillstream_projections::migrate(&reads_pool).await?;
+        let reads = Reads::new(reads_pool.clone());
+
+        let commands = CommandBus::new(pool.clone(), ());
+        if let Some(email) = &config.admin_email {
+            bootstrap::ensure_admin(
+                &commands,
+                &pool,
+                &config.data_dir,
+                email,
+                config.admin_password.as_deref(),
+            )
+            .await
+            .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        }
         let service = UserGrpc {
-            commands: CommandBus::new(pool.clone(), ()),
+            commands,
             credentials: Credentials::new(pool.clone()),
             issuer: TokenIssuer::load(&keys, Duration::from_secs(config.token_lifetime_secs))?,
-            verifier: TokenVerifier::load(&keys)?,
+            gate: Gate::new(TokenVerifier::load(&keys)?, Arc::new(reads.clone())),
+            reads,
         };
         Ok(App {
             host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
             service,
-            readiness: Readiness::default().with(PostgresReady {
-                name: "postgres",
-                pool,
-            }),
+            readiness: Readiness::default()
+                .with(PostgresReady {
+                    name: "postgres",
+                    pool,
+                })
+                .with(PostgresReady {
+                    name: "reads",
+                    pool: reads_pool,
+                }),
         })
     }
 
@@ -60,8 +89,11 @@ impl App {
 
     /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
-        let service =
-            UserServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let interceptor = self.service.gate.interceptor();
+        let service = InterceptedService::new(
+            UserServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            interceptor,
+        );
         let router = GrpcHost::router(SERVICE_NAME, tillstream_proto::FILE_DESCRIPTOR_SET)
             .await?
             .add_service(service);

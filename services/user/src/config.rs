@@ -9,6 +9,7 @@ pub struct Config {
     #[arg(
         long = "database-url",
         env = "TILLSTREAM_USER_DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/tillstream_users"
     )]
     pub database_url: String,
@@ -40,6 +41,25 @@ pub struct Config {
         default_value = ".data"
     )]
     pub data_dir: PathBuf,
+    /// Database of the read models (ListUsers, and whether an account is still active).
+    #[arg(
+        long = "reads-database-url",
+        env = "TILLSTREAM_READS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tillstream_reads",
+        hide_env_values = true
+    )]
+    pub reads_database_url: String,
+    /// Email of the first admin, created on first start when no account has it.
+    #[arg(long = "admin-email", env = "TILLSTREAM_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// Password of the first admin. When unset, a random one is generated and written to
+    /// `<data-dir>/admin-password` (readable by its owner only).
+    #[arg(
+        long = "admin-password",
+        env = "TILLSTREAM_ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
+    pub admin_password: Option<String>,
     /// Lifetime of issued access tokens, in seconds.
     #[arg(
         long = "token-lifetime-secs",

@@ -5,37 +5,60 @@
 //! hash, so response time does not tell whether an email is registered.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use sqlx::PgPool;
+use futures::future::BoxFuture;
+use sqlx::{PgConnection, PgPool};
+use tillstream_runtime::event_store::Enlisted;
+use tokio::sync::Semaphore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    #[error("email is already registered")]
-    EmailTaken,
     #[error("credential store: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("too many password checks in progress")]
+    Busy,
     #[error("password hashing failed: {0}")]
     Hash(String),
 }
 
+/// At most this many argon2 computations run at once (each takes ~19 MiB and a core for
+/// tens of milliseconds); more wait their turn, for at most [`HASHING_QUEUE_WAIT`].
+const MAX_CONCURRENT_HASHES: usize = 4;
+const HASHING_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+static HASHING: Semaphore = Semaphore::const_new(MAX_CONCURRENT_HASHES);
+
+/// Runs `work` on the blocking pool once a hashing slot is free.
+async fn hashing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CredentialError> {
+    let _slot = tokio::time::timeout(HASHING_QUEUE_WAIT, HASHING.acquire())
+        .await
+        .map_err(|_| CredentialError::Busy)?
+        .map_err(|e| CredentialError::Hash(e.to_string()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CredentialError::Hash(e.to_string()))
+}
+
 /// Hashes `password` with argon2id and a random salt.
 pub async fn hash_password(password: String) -> Result<String, CredentialError> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         Argon2::default()
             .hash_password(password.as_bytes())
             .map(|hash| hash.to_string())
             .map_err(|e| CredentialError::Hash(e.to_string()))
     })
-    .await
-    .map_err(|e| CredentialError::Hash(e.to_string()))?
+    .await?
 }
 
 /// Whether `password` matches `hash`; a malformed hash never matches.
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
+pub async fn verify_password(password: String, hash: String) -> Result<bool, CredentialError> {
+    hashing(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {
                 Argon2::default()
@@ -45,19 +68,44 @@ pub async fn verify_password(password: String, hash: String) -> bool {
             .unwrap_or(false)
     })
     .await
-    .unwrap_or(false)
 }
 
 /// A hash of a random string, verified against when an email is unknown.
-async fn dummy_hash() -> &'static str {
+async fn dummy_hash() -> Result<&'static str, CredentialError> {
     static DUMMY: OnceLock<String> = OnceLock::new();
     if let Some(hash) = DUMMY.get() {
-        return hash;
+        return Ok(hash);
     }
-    let hash = hash_password(uuid::Uuid::new_v4().to_string())
-        .await
-        .unwrap_or_default();
-    DUMMY.get_or_init(|| hash)
+    let hash = hash_password(uuid::Uuid::new_v4().to_string()).await?;
+    Ok(DUMMY.get_or_init(|| hash))
+}
+
+/// The unique index that makes an email belong to one account.
+pub const EMAIL_CONSTRAINT: &str = "credentials_email_key";
+
+/// A new account's credentials, written in the same transaction as its `UserRegistered`
+/// event: two registrations racing for one email both try to commit, the unique index lets
+/// exactly one through, and the other commits nothing at all (no event, no row).
+pub struct CredentialRow {
+    pub user_id: String,
+    pub email: String,
+    pub password_hash: String,
+}
+
+impl Enlisted for CredentialRow {
+    fn write<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO credentials (user_id, email, password_hash) VALUES ($1, $2, $3)",
+            )
+            .bind(&self.user_id)
+            .bind(&self.email)
+            .bind(&self.password_hash)
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+    }
 }
 
 /// The `credentials` table.
@@ -69,44 +117,6 @@ pub struct Credentials {
 impl Credentials {
     pub fn new(pool: PgPool) -> Self {
         Credentials { pool }
-    }
-
-    /// Reserves `email` for `user_id`. Exactly one of several concurrent reservations of
-    /// one email succeeds (the unique index decides); the others get `EmailTaken`.
-    pub async fn reserve(
-        &self,
-        user_id: &str,
-        email: &str,
-        password_hash: &str,
-    ) -> Result<(), CredentialError> {
-        let result = sqlx::query(
-            "INSERT INTO credentials (user_id, email, password_hash) VALUES ($1, $2, $3)",
-        )
-        .bind(user_id)
-        .bind(email)
-        .bind(password_hash)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| c == "23505") =>
-            {
-                Err(CredentialError::EmailTaken)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Releases a reservation whose registration did not commit.
-    pub async fn release(&self, user_id: &str) -> Result<(), CredentialError> {
-        sqlx::query("DELETE FROM credentials WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     /// The user id whose password is `password` and email `email`, or None. Takes about as
@@ -123,10 +133,10 @@ impl Credentials {
                 .await?;
         match row {
             Some((user_id, hash)) => Ok(verify_password(password.to_owned(), hash)
-                .await
+                .await?
                 .then_some(user_id)),
             None => {
-                let _ = verify_password(password.to_owned(), dummy_hash().await.to_owned()).await;
+                verify_password(password.to_owned(), dummy_hash().await?.to_owned()).await?;
                 Ok(None)
             }
         }
@@ -141,8 +151,20 @@ mod tests {
     async fn hashes_verify_only_their_password() {
         let hash = hash_password("correct horse battery".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse battery".into(), hash.clone()).await);
-        assert!(!verify_password("wrong horse battery".into(), hash).await);
-        assert!(!verify_password("x".into(), "not a hash".into()).await);
+        assert!(
+            verify_password("correct horse battery".into(), hash.clone())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify_password("wrong horse battery".into(), hash)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !verify_password("x".into(), "not a hash".into())
+                .await
+                .unwrap()
+        );
     }
 }

@@ -3,32 +3,120 @@
 
 use std::sync::Arc;
 
+use prost::Message;
 use tillstream_events::{Role, UserStatus};
+use tillstream_projections::queries::{Reads, UserRow};
 use tillstream_proto::user::v1 as pb;
-use tillstream_runtime::event_store::{CommandBus, CommandError};
-use tillstream_runtime::grpc::{self, Violations};
-use tillstream_runtime::tokens::{TokenIssuer, TokenVerifier};
+use tillstream_runtime::event_store::{CommandBus, CommandError, Committed};
+use tillstream_runtime::gate::Gate;
+use tillstream_runtime::grpc::{self, Caller, Violations};
+use tillstream_runtime::tokens::TokenIssuer;
 use tonic::{Request, Response, Status};
 
-use crate::credentials::{self, CredentialError, Credentials};
+use crate::credentials::{self, CredentialError, CredentialRow, Credentials, EMAIL_CONSTRAINT};
 use crate::domain::{Registration, RegistrationInput, User, UserCommand, UserError};
 
 pub struct UserGrpc {
     pub(crate) commands: Arc<CommandBus<User>>,
     pub(crate) credentials: Credentials,
     pub(crate) issuer: TokenIssuer,
-    pub(crate) verifier: TokenVerifier,
+    pub(crate) gate: Gate,
+    pub(crate) reads: Reads,
 }
 
 fn rejected(error: UserError) -> Status {
     match error {
         UserError::AlreadyRegistered => Status::already_exists(error.to_string()),
+        UserError::NotFound => Status::not_found(error.to_string()),
+        UserError::Deactivated => Status::failed_precondition(error.to_string()),
+    }
+}
+
+fn reply(committed: Committed) -> Response<pb::CommandReply> {
+    Response::new(pb::CommandReply {
+        id: committed.id,
+        version: committed.version,
+    })
+}
+
+fn role_from_proto(raw: i32) -> Result<Role, Status> {
+    match pb::Role::try_from(raw) {
+        Ok(pb::Role::Customer) => Ok(Role::Customer),
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        Ok(pb::Role::Service) => Ok(Role::Service),
+        _ => Err(grpc::invalid_field(
+            "role",
+            "must be ROLE_CUSTOMER, ROLE_ADMIN or ROLE_SERVICE",
+        )),
+    }
+}
+
+fn user_from_row(row: UserRow) -> pb::User {
+    let role = row
+        .role
+        .parse()
+        .map_or(pb::Role::Unspecified, role_to_proto);
+    let status = match row.status.as_str() {
+        "DEACTIVATED" => pb::UserStatus::Deactivated,
+        _ => pb::UserStatus::Active,
+    };
+    pb::User {
+        id: row.id.to_string(),
+        email: row.email,
+        username: row.username,
+        full_name: row.full_name,
+        role: role.into(),
+        status: status.into(),
+        version: row.version as u64,
+    }
+}
+
+impl UserGrpc {
+    /// Runs `command` on user `user_id` for `caller`: their own account, or any account
+    /// for admins (and, unless `admin_only`, nobody else).
+    #[allow(clippy::too_many_arguments)]
+    async fn change(
+        &self,
+        caller: &Caller,
+        metadata: &tonic::metadata::MetadataMap,
+        user_id: &str,
+        command: UserCommand,
+        admin_only: bool,
+        idempotency_key: &str,
+        request: &[u8],
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let idempotency = grpc::idempotency(Some(caller), idempotency_key, request)?;
+        let allowed = caller.role == Role::Admin || (!admin_only && caller.user_id == user_id);
+        if !allowed {
+            return Err(Status::permission_denied(if admin_only {
+                "only admins may do this"
+            } else {
+                "customers may change only their own account"
+            }));
+        }
+        let meta = grpc::event_metadata(metadata, Some(caller), idempotency_key);
+        let committed = self
+            .commands
+            .execute(user_id, command, &meta, idempotency.as_ref(), None)
+            .await
+            .map_err(command_status)?;
+        Ok(reply(committed))
+    }
+}
+
+/// Command failures of this service, with its own unique constraint named in plain words.
+fn command_status(error: CommandError<UserError>) -> Status {
+    match error {
+        CommandError::Unique { constraint } if constraint == EMAIL_CONSTRAINT => {
+            Status::already_exists("email is already registered")
+        }
+        other => grpc::command_status(other, rejected),
     }
 }
 
 fn credential_status(error: CredentialError) -> Status {
     match error {
-        CredentialError::EmailTaken => Status::already_exists("email is already registered"),
+        CredentialError::Busy => Status::unavailable("too many logins in progress; retry shortly"),
         CredentialError::Database(e) => {
             tracing::warn!(error = %e, "credential store unavailable");
             Status::unavailable("the user store is unavailable; retry")
@@ -48,10 +136,6 @@ pub fn role_to_proto(role: Role) -> pb::Role {
     }
 }
 
-fn parse_user_id(raw: &str) -> Result<uuid::Uuid, Status> {
-    uuid::Uuid::parse_str(raw).map_err(|_| grpc::invalid_field("user_id", "must be a UUID"))
-}
-
 #[tonic::async_trait]
 impl pb::user_service_server::UserService for UserGrpc {
     async fn register_user(
@@ -61,6 +145,17 @@ impl pb::user_service_server::UserService for UserGrpc {
         let meta =
             grpc::event_metadata(request.metadata(), None, &request.get_ref().idempotency_key);
         let req = request.into_inner();
+        // The digest leaves out the password: an unsalted SHA-256 of it must not be stored.
+        let idempotency = grpc::idempotency(
+            None,
+            &req.idempotency_key,
+            &pb::RegisterUserRequest {
+                idempotency_key: String::new(),
+                password: String::new(),
+                ..req.clone()
+            }
+            .encode_to_vec(),
+        )?;
         let registration = Registration::parse(&RegistrationInput {
             email: &req.email,
             username: &req.username,
@@ -73,31 +168,32 @@ impl pb::user_service_server::UserService for UserGrpc {
         let hash = credentials::hash_password(registration.password.clone())
             .await
             .map_err(credential_status)?;
-        self.credentials
-            .reserve(&user_id, &registration.email, &hash)
-            .await
-            .map_err(credential_status)?;
+        let credentials = CredentialRow {
+            user_id: user_id.clone(),
+            email: registration.email.clone(),
+            password_hash: hash,
+        };
         let command = UserCommand::Register {
             email: registration.email,
             username: registration.username,
             full_name: registration.full_name,
             role: Role::Customer,
         };
-        match self.commands.execute(&user_id, command, &meta).await {
-            Ok(version) => {
-                tracing::info!(%user_id, correlation_id = %meta.correlation_id, "user registered");
-                Ok(Response::new(pb::CommandReply {
-                    id: user_id,
-                    version,
-                }))
-            }
-            Err(error) => {
-                if let Err(release) = self.credentials.release(&user_id).await {
-                    tracing::error!(%user_id, error = %release, "could not release email reservation");
-                }
-                Err(grpc::command_status(error, rejected))
-            }
+        let committed = self
+            .commands
+            .execute(
+                &user_id,
+                command,
+                &meta,
+                idempotency.as_ref(),
+                Some(&credentials),
+            )
+            .await
+            .map_err(command_status)?;
+        if !committed.replayed {
+            tracing::info!(user_id = %committed.id, correlation_id = %meta.correlation_id, "user registered");
         }
+        Ok(reply(committed))
     }
 
     async fn login(
@@ -116,11 +212,7 @@ impl pb::user_service_server::UserService for UserGrpc {
             .await
             .map_err(credential_status)?
             .ok_or_else(|| Status::unauthenticated("invalid email or password"))?;
-        let (user, _) = self
-            .commands
-            .load(&user_id)
-            .await
-            .map_err(|e| grpc::command_status(e, rejected))?;
+        let (user, _) = self.commands.load(&user_id).await.map_err(command_status)?;
         let role = match (user.is_active(), user.role) {
             (true, Some(role)) => role,
             _ => return Err(Status::unauthenticated("invalid email or password")),
@@ -137,22 +229,123 @@ impl pb::user_service_server::UserService for UserGrpc {
         }))
     }
 
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        let req = request.get_ref();
+        let user_id = grpc::uuid_field("user_id", &req.user_id)?;
+        let command = UserCommand::UpdateProfile {
+            full_name: grpc::short_text("full_name", &req.full_name, true)?,
+        };
+        let unkeyed = pb::UpdateProfileRequest {
+            idempotency_key: String::new(),
+            ..req.clone()
+        };
+        self.change(
+            &caller,
+            request.metadata(),
+            &user_id,
+            command,
+            false,
+            &req.idempotency_key,
+            &unkeyed.encode_to_vec(),
+        )
+        .await
+    }
+
+    async fn change_user_role(
+        &self,
+        request: Request<pb::ChangeUserRoleRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        let req = request.get_ref();
+        let user_id = grpc::uuid_field("user_id", &req.user_id)?;
+        let command = UserCommand::ChangeRole {
+            role: role_from_proto(req.role)?,
+        };
+        let unkeyed = pb::ChangeUserRoleRequest {
+            idempotency_key: String::new(),
+            ..req.clone()
+        };
+        self.change(
+            &caller,
+            request.metadata(),
+            &user_id,
+            command,
+            true,
+            &req.idempotency_key,
+            &unkeyed.encode_to_vec(),
+        )
+        .await
+    }
+
+    async fn deactivate_user(
+        &self,
+        request: Request<pb::DeactivateUserRequest>,
+    ) -> Result<Response<pb::CommandReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        let req = request.get_ref();
+        let user_id = grpc::uuid_field("user_id", &req.user_id)?;
+        let command = UserCommand::Deactivate {
+            reason: grpc::short_text("reason", &req.reason, false)?,
+        };
+        let unkeyed = pb::DeactivateUserRequest {
+            idempotency_key: String::new(),
+            ..req.clone()
+        };
+        self.change(
+            &caller,
+            request.metadata(),
+            &user_id,
+            command,
+            false,
+            &req.idempotency_key,
+            &unkeyed.encode_to_vec(),
+        )
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersReply>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        if caller.role != Role::Admin {
+            return Err(Status::permission_denied("only admins may list users"));
+        }
+        let req = request.into_inner();
+        let limit = grpc::page_size(req.page_size)?;
+        let before = grpc::decode_page_token(&req.page_token)?;
+        let mut rows = self.reads.users(before, limit + 1).await.map_err(|error| {
+            tracing::warn!(%error, "read model unavailable");
+            Status::unavailable("the read model is unavailable; retry")
+        })?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => grpc::encode_page_token(last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListUsersReply {
+            users: rows.into_iter().map(user_from_row).collect(),
+            next_page_token,
+        }))
+    }
+
     async fn get_user(
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = grpc::authenticate(&self.verifier, request.metadata())?;
-        let user_id = parse_user_id(&request.get_ref().user_id)?.to_string();
+        let caller = self.gate.caller(&request).await?;
+        let user_id = grpc::uuid_field("user_id", &request.get_ref().user_id)?;
         if !caller.may_act_for(&user_id) {
             return Err(Status::permission_denied(
                 "customers may read only their own user",
             ));
         }
-        let (user, version) = self
-            .commands
-            .load(&user_id)
-            .await
-            .map_err(|e: CommandError<UserError>| grpc::command_status(e, rejected))?;
+        let (user, version) = self.commands.load(&user_id).await.map_err(command_status)?;
         if !user.registered {
             return Err(Status::not_found(format!("user {user_id} not found")));
         }

@@ -10,6 +10,7 @@
 //! [`domain`] (the aggregate, pure and tested without I/O), [`credentials`] (passwords).
 
 pub mod app;
+pub mod bootstrap;
 pub mod config;
 pub mod credentials;
 pub mod domain;

@@ -11,7 +11,7 @@ use async_graphql::{EmptyMutation, EmptySubscription, ErrorExtensions, Schema};
 pub use query::QueryRoot;
 pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
 
-use crate::reads::Reads;
+use tillstream_projections::queries::Reads;
 
 pub type GatewaySchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
 

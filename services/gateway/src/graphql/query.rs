@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::types::{Order, User};
 use super::{coded, unavailable};
-use crate::reads::Reads;
+use tillstream_projections::queries::Reads;
 
 /// Largest page `orders(first:)` returns.
 const MAX_PAGE: i32 = 100;
@@ -79,7 +79,7 @@ impl QueryRoot {
         let before = after.as_deref().map(decode_cursor).transpose()?;
         let reads = ctx.data::<Reads>()?;
         let mut rows = reads
-            .orders(user_id, before, i64::from(first) + 1)
+            .orders(user_id, None, before, i64::from(first) + 1)
             .await
             .map_err(unavailable)?;
         let has_next = rows.len() > first as usize;

@@ -3,7 +3,7 @@
 use async_graphql::{Enum, ID, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use crate::reads::{OrderItemRow, OrderWithItems, UserRow};
+use tillstream_projections::queries::{OrderItemRow, OrderWithItems, UserRow};
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Role {

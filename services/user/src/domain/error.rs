@@ -3,4 +3,8 @@
 pub enum UserError {
     #[error("user is already registered")]
     AlreadyRegistered,
+    #[error("user not found")]
+    NotFound,
+    #[error("user is deactivated")]
+    Deactivated,
 }

@@ -1,5 +1,5 @@
-//! Queries on the read models (`users`, `orders`, `order_items`). All SQL of the gateway
-//! lives here; every query is parameterised.
+//! Queries on the read models (`users`, `orders`, `order_items`), for the gateway and for
+//! the command services' list and precondition checks. Every query is parameterised.
 
 use std::collections::HashMap;
 
@@ -59,6 +59,31 @@ impl Reads {
         Reads { pool }
     }
 
+    /// Users newest first (UUIDv7 ids sort by creation time), strictly older than `before`.
+    pub async fn users(
+        &self,
+        before: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<UserRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, email, username, full_name, role, status, created_at, updated_at, version FROM users \
+             WHERE ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The status of user `id` (`ACTIVE`, `DEACTIVATED`), or None when the read model does
+    /// not have the user (yet).
+    pub async fn user_status(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT status FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
     pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
         sqlx::query_as("SELECT id, email, username, full_name, role, status, created_at, updated_at, version FROM users WHERE id = $1")
             .bind(id)
@@ -84,15 +109,18 @@ impl Reads {
     pub async fn orders(
         &self,
         user_id: Option<Uuid>,
+        status: Option<&str>,
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<OrderWithItems>, sqlx::Error> {
         let orders: Vec<OrderRow> = sqlx::query_as(
             "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM orders \
-             WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::uuid IS NULL OR id < $2) \
-             ORDER BY id DESC LIMIT $3",
+             WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2) \
+               AND ($3::uuid IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
         )
         .bind(user_id)
+        .bind(status)
         .bind(before)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -124,5 +152,21 @@ impl Reads {
                 order,
             })
             .collect())
+    }
+}
+
+impl tillstream_runtime::gate::AccountStatus for Reads {
+    fn is_active(
+        &self,
+        user_id: &str,
+    ) -> futures::future::BoxFuture<'_, Result<Option<bool>, String>> {
+        let id = Uuid::parse_str(user_id);
+        Box::pin(async move {
+            let Ok(id) = id else { return Ok(None) };
+            self.user_status(id)
+                .await
+                .map(|status| status.map(|s| s == tillstream_events::UserStatus::Active.as_str()))
+                .map_err(|e| e.to_string())
+        })
     }
 }
