@@ -82,6 +82,29 @@ pub fn event_metadata(
     meta
 }
 
+/// What every command carries besides its own fields: event metadata (correlation id,
+/// actor, idempotency key) and its idempotency (key and request digest).
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    pub metadata: EventMetadata,
+    pub idempotency: Option<Idempotency>,
+}
+
+impl CommandContext {
+    /// `unkeyed` is the request encoded without its idempotency key.
+    pub fn new(
+        metadata: &MetadataMap,
+        caller: Option<&Caller>,
+        key: &str,
+        unkeyed: &[u8],
+    ) -> Result<Self, Status> {
+        Ok(CommandContext {
+            idempotency: idempotency(caller, key, unkeyed)?,
+            metadata: event_metadata(metadata, caller, key),
+        })
+    }
+}
+
 /// The idempotency of a command: its key scoped to the caller (`anonymous` for open
 /// commands) and a digest of `request`, which must be the request encoded without its key.
 pub fn idempotency(

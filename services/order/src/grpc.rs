@@ -10,7 +10,7 @@ use tillstream_projections::queries::Reads;
 use tillstream_proto::order::v1 as pb;
 use tillstream_runtime::event_store::{CommandBus, CommandError, Committed};
 use tillstream_runtime::gate::Gate;
-use tillstream_runtime::grpc::{self, Caller, Violations};
+use tillstream_runtime::grpc::{self, Caller, CommandContext, Violations};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -74,14 +74,11 @@ impl OrderGrpc {
     async fn change(
         &self,
         caller: &Caller,
-        metadata: &tonic::metadata::MetadataMap,
+        context: CommandContext,
         order_id: &str,
         command: OrderCommand,
         staff_only: bool,
-        idempotency_key: &str,
-        request: &[u8],
     ) -> Result<Response<pb::CommandReply>, Status> {
-        let idempotency = grpc::idempotency(Some(caller), idempotency_key, request)?;
         if staff_only && !matches!(caller.role, Role::Admin | Role::Service) {
             return Err(Status::permission_denied(
                 "only admins and services may do this",
@@ -92,10 +89,15 @@ impl OrderGrpc {
         if !order.exists() || !caller.may_act_for(&order.user_id) {
             return Err(Status::not_found(format!("order {order_id} not found")));
         }
-        let meta = grpc::event_metadata(metadata, Some(caller), idempotency_key);
         let committed = self
             .commands
-            .execute(order_id, command, &meta, idempotency.as_ref(), None)
+            .execute(
+                order_id,
+                command,
+                &context.metadata,
+                context.idempotency.as_ref(),
+                None,
+            )
             .await
             .map_err(command_status)?;
         Ok(reply(committed))
@@ -139,17 +141,13 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
         let caller = self.gate.caller(&request).await?;
-        let meta = grpc::event_metadata(
-            request.metadata(),
-            Some(&caller),
-            &request.get_ref().idempotency_key,
-        );
-        let req = request.into_inner();
+        let req = request.get_ref();
         let unkeyed = pb::PlaceOrderRequest {
             idempotency_key: String::new(),
             ..req.clone()
         };
-        let idempotency = grpc::idempotency(
+        let context = CommandContext::new(
+            request.metadata(),
             Some(&caller),
             &req.idempotency_key,
             &unkeyed.encode_to_vec(),
@@ -190,14 +188,14 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             .execute(
                 &order_id,
                 OrderCommand::Place(placement),
-                &meta,
-                idempotency.as_ref(),
+                &context.metadata,
+                context.idempotency.as_ref(),
                 None,
             )
             .await
             .map_err(command_status)?;
         if !committed.replayed {
-            tracing::info!(order_id = %committed.id, correlation_id = %meta.correlation_id, "order placed");
+            tracing::info!(order_id = %committed.id, correlation_id = %context.metadata.correlation_id, "order placed");
         }
         Ok(reply(committed))
     }
@@ -219,12 +217,15 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         };
         self.change(
             &caller,
-            request.metadata(),
+            CommandContext::new(
+                request.metadata(),
+                Some(&caller),
+                &req.idempotency_key,
+                &unkeyed.encode_to_vec(),
+            )?,
             &order_id,
             command,
             false,
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
         )
         .await
     }
@@ -246,12 +247,15 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         };
         self.change(
             &caller,
-            request.metadata(),
+            CommandContext::new(
+                request.metadata(),
+                Some(&caller),
+                &req.idempotency_key,
+                &unkeyed.encode_to_vec(),
+            )?,
             &order_id,
             command,
             true,
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
         )
         .await
     }
@@ -269,12 +273,15 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         };
         self.change(
             &caller,
-            request.metadata(),
+            CommandContext::new(
+                request.metadata(),
+                Some(&caller),
+                &req.idempotency_key,
+                &unkeyed.encode_to_vec(),
+            )?,
             &order_id,
             OrderCommand::Deliver,
             true,
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
         )
         .await
     }
@@ -295,12 +302,15 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         };
         self.change(
             &caller,
-            request.metadata(),
+            CommandContext::new(
+                request.metadata(),
+                Some(&caller),
+                &req.idempotency_key,
+                &unkeyed.encode_to_vec(),
+            )?,
             &order_id,
             command,
             false,
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
         )
         .await
     }

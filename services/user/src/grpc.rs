@@ -9,7 +9,7 @@ use tillstream_projections::queries::{Reads, UserRow};
 use tillstream_proto::user::v1 as pb;
 use tillstream_runtime::event_store::{CommandBus, CommandError, Committed};
 use tillstream_runtime::gate::Gate;
-use tillstream_runtime::grpc::{self, Caller, Violations};
+use tillstream_runtime::grpc::{self, Caller, CommandContext, Violations};
 use tillstream_runtime::tokens::TokenIssuer;
 use tonic::{Request, Response, Status};
 
@@ -74,18 +74,14 @@ fn user_from_row(row: UserRow) -> pb::User {
 impl UserGrpc {
     /// Runs `command` on user `user_id` for `caller`: their own account, or any account
     /// for admins (and, unless `admin_only`, nobody else).
-    #[allow(clippy::too_many_arguments)]
     async fn change(
         &self,
         caller: &Caller,
-        metadata: &tonic::metadata::MetadataMap,
+        context: CommandContext,
         user_id: &str,
         command: UserCommand,
         admin_only: bool,
-        idempotency_key: &str,
-        request: &[u8],
     ) -> Result<Response<pb::CommandReply>, Status> {
-        let idempotency = grpc::idempotency(Some(caller), idempotency_key, request)?;
         let allowed = caller.role == Role::Admin || (!admin_only && caller.user_id == user_id);
         if !allowed {
             return Err(Status::permission_denied(if admin_only {
@@ -94,10 +90,15 @@ impl UserGrpc {
                 "customers may change only their own account"
             }));
         }
-        let meta = grpc::event_metadata(metadata, Some(caller), idempotency_key);
         let committed = self
             .commands
-            .execute(user_id, command, &meta, idempotency.as_ref(), None)
+            .execute(
+                user_id,
+                command,
+                &context.metadata,
+                context.idempotency.as_ref(),
+                None,
+            )
             .await
             .map_err(command_status)?;
         Ok(reply(committed))
@@ -142,19 +143,18 @@ impl pb::user_service_server::UserService for UserGrpc {
         &self,
         request: Request<pb::RegisterUserRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
-        let meta =
-            grpc::event_metadata(request.metadata(), None, &request.get_ref().idempotency_key);
-        let req = request.into_inner();
+        let req = request.get_ref();
         // The digest leaves out the password: an unsalted SHA-256 of it must not be stored.
-        let idempotency = grpc::idempotency(
+        let unkeyed = pb::RegisterUserRequest {
+            idempotency_key: String::new(),
+            password: String::new(),
+            ..req.clone()
+        };
+        let context = CommandContext::new(
+            request.metadata(),
             None,
             &req.idempotency_key,
-            &pb::RegisterUserRequest {
-                idempotency_key: String::new(),
-                password: String::new(),
-                ..req.clone()
-            }
-            .encode_to_vec(),
+            &unkeyed.encode_to_vec(),
         )?;
         let registration = Registration::parse(&RegistrationInput {
             email: &req.email,
@@ -184,14 +184,14 @@ impl pb::user_service_server::UserService for UserGrpc {
             .execute(
                 &user_id,
                 command,
-                &meta,
-                idempotency.as_ref(),
+                &context.metadata,
+                context.idempotency.as_ref(),
                 Some(&credentials),
             )
             .await
             .map_err(command_status)?;
         if !committed.replayed {
-            tracing::info!(user_id = %committed.id, correlation_id = %meta.correlation_id, "user registered");
+            tracing::info!(user_id = %committed.id, correlation_id = %context.metadata.correlation_id, "user registered");
         }
         Ok(reply(committed))
     }
@@ -245,12 +245,15 @@ impl pb::user_service_server::UserService for UserGrpc {
         };
         self.change(
             &caller,
-            request.metadata(),
+            CommandContext::new(
+                request.metadata(),
+                Some(&caller),
+                &req.idempotency_key,
+                &unkeyed.encode_to_vec(),
+            )?,
             &user_id,
             command,
             false,
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
         )
         .await
     }
@@ -271,12 +274,15 @@ impl pb::user_service_server::UserService for UserGrpc {
         };
         self.change(
             &caller,
-            request.metadata(),
+            CommandContext::new(
+                request.metadata(),
+                Some(&caller),
+                &req.idempotency_key,
+                &unkeyed.encode_to_vec(),
+            )?,
             &user_id,
             command,
             true,
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
         )
         .await
     }
@@ -297,12 +303,15 @@ impl pb::user_service_server::UserService for UserGrpc {
         };
         self.change(
             &caller,
-            request.metadata(),
+            CommandContext::new(
+                request.metadata(),
+                Some(&caller),
+                &req.idempotency_key,
+                &unkeyed.encode_to_vec(),
+            )?,
             &user_id,
             command,
             false,
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
         )
         .await
     }
