@@ -16,6 +16,8 @@ use crate::read_model::{self, ApplyError, PROJECTION};
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Delay before a message that found a gap, or a database error, is delivered again.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Delay before an event that failed to apply is delivered again.
+const POISON_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -157,10 +159,16 @@ impl Projector {
                 AckKind::Nak(Some(RETRY_DELAY))
             }
             Err(error) => {
-                tracing::error!(id = %envelope.message_id(), %error, "event cannot be projected; terminated");
+                // An event this projector cannot apply (often a newer event type than it
+                // knows) is retried slowly instead of dropped, so upgrading the projector
+                // recovers it; its aggregate waits meanwhile and the error is counted.
+                let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+                if delivered == 1 || delivered % 10 == 0 {
+                    tracing::error!(id = %envelope.message_id(), delivered, %error, "event cannot be projected; retrying slowly");
+                }
                 metrics::counter!("tillstream_projection_poison_total", "projection" => PROJECTION)
                     .increment(1);
-                AckKind::Term
+                AckKind::Nak(Some(POISON_RETRY_DELAY))
             }
         };
         if let Err(error) = message.ack_with(ack).await {

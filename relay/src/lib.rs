@@ -1,5 +1,5 @@
-//! The relay: publishes every committed event of one event store to JetStream, in commit
-//! order, without gaps, exactly once after JetStream's dedupe.
+//! The relay: publishes every committed event of one event store to JetStream, without
+//! gaps, in per-aggregate order, exactly once after JetStream's dedupe.
 //!
 //! # Why rows are read by `(txid, global_position)` and not by `global_position`
 //!
@@ -13,6 +13,8 @@
 //! any transaction that commits later has an id at least as large. Reading only rows with
 //! `txid < xmin`, ordered by `(txid, global_position)`, therefore yields a log that only
 //! ever grows at its end, and a checkpoint `(txid, global_position)` never skips a row.
+//! (That is transaction-id order, not strictly commit order: of two unrelated transactions
+//! the one that wrote first is published first, even if it committed second.)
 //! Per-aggregate order holds too: a command loads its aggregate before its transaction
 //! begins, so the transaction that writes sequence n+1 starts (and takes its txid) after the
 //! one that wrote n committed.

@@ -1,13 +1,13 @@
 //! The publish loop. See the crate documentation for the ordering argument.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tillstream_events::envelope::{event_id, message_id};
+use tillstream_events::envelope::event_id;
 use tillstream_events::{EventEnvelope, EventMetadata, Namespace, wire_payload};
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::ensure_streams;
@@ -188,26 +188,36 @@ impl Relay {
         }
     }
 
-    async fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error> {
-        let row: Option<(String, i64)> = sqlx::query_as(
+    /// Publishes the next batch of final events and advances the checkpoint past them.
+    /// Returns how many were published.
+    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        // One relay per checkpoint at a time: this transaction-scoped advisory lock is held
+        // while the batch is read, published and checkpointed. A second relay on the same
+        // store and name finds it taken and stands by (publishes nothing) until it is free.
+        let mut tx = self.pool.begin().await?;
+        let leader: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtext('tillstream-relay'), hashtext($1))",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !leader {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let from: Checkpoint = sqlx::query_as::<_, (String, i64)>(
             "SELECT txid::text, global_position FROM relay_checkpoints WHERE relay = $1",
         )
         .bind(&self.name)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map_or(
+        .fetch_optional(&mut *tx)
+        .await?
+        .map_or(
             Checkpoint {
                 txid: "0".to_owned(),
                 position: 0,
             },
             |(txid, position)| Checkpoint { txid, position },
-        ))
-    }
-
-    /// Publishes the next batch of final events and advances the checkpoint past them.
-    /// Returns how many were published.
-    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
-        let from = self.checkpoint().await?;
+        );
         let rows: Vec<StoredEvent> = sqlx::query_as(
             "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
                     global_position, txid::text AS txid, recorded_at \
@@ -220,7 +230,7 @@ impl Relay {
         .bind(&from.txid)
         .bind(from.position)
         .bind(self.batch_size)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let Some(last) = rows.last() else {
             return Ok(0);
@@ -232,48 +242,53 @@ impl Relay {
         let count = rows.len();
         let oldest = rows.iter().map(|r| r.recorded_at).min();
 
-        // Pipeline the publishes, then wait for every ack before moving the checkpoint.
-        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(count);
+        // Publishes are pipelined in waves holding at most one event per subject: the next
+        // event of an aggregate is sent only after the previous one's ack. If the connection
+        // drops mid-batch, a lost message can therefore never be overtaken by a later event
+        // of the same aggregate; the retry republishes from the checkpoint and JetStream
+        // drops what it already has.
+        let mut wave: Vec<PublishAckFuture> = Vec::new();
+        let mut wave_subjects: HashSet<String> = HashSet::new();
+        let mut duplicates = 0u64;
         for row in rows {
             let envelope = row.into_envelope();
+            let subject = self
+                .namespace
+                .event_subject(&envelope.aggregate_type, &envelope.aggregate_id);
+            if wave_subjects.contains(&subject) {
+                duplicates += settle(&mut wave).await?;
+                wave_subjects.clear();
+            }
             let body = serde_json::to_vec(&envelope)
                 .map_err(|e| RelayError::Encode(envelope.message_id(), e))?;
             let message = PublishMessage::build()
                 .payload(body.into())
-                .message_id(message_id(
-                    &envelope.aggregate_type,
-                    &envelope.aggregate_id,
-                    envelope.sequence,
-                ))
+                .message_id(envelope.message_id())
                 .header("Tillstream-Event-Type", envelope.event_type.as_str())
                 .header(
                     "Tillstream-Sequence",
                     envelope.sequence.to_string().as_str(),
                 );
-            let subject = self
-                .namespace
-                .event_subject(&envelope.aggregate_type, &envelope.aggregate_id);
-            acks.push(self.js.send_publish(subject, message).await?);
+            wave.push(self.js.send_publish(subject.clone(), message).await?);
+            wave_subjects.insert(subject);
         }
-        let mut duplicates = 0u64;
-        for ack in acks {
-            if ack.await?.duplicate {
-                duplicates += 1;
-            }
-        }
+        duplicates += settle(&mut wave).await?;
 
+        // The checkpoint only moves forward, whatever another process did meanwhile.
         sqlx::query(
-            "INSERT INTO relay_checkpoints (relay, txid, global_position, published, updated_at) \
+            "INSERT INTO relay_checkpoints AS cp (relay, txid, global_position, published, updated_at) \
              VALUES ($1, $2::text::xid8, $3, $4, now()) \
              ON CONFLICT (relay) DO UPDATE SET txid = EXCLUDED.txid, global_position = EXCLUDED.global_position, \
-                 published = relay_checkpoints.published + EXCLUDED.published, updated_at = now()",
+                 published = cp.published + EXCLUDED.published, updated_at = now() \
+             WHERE (cp.txid, cp.global_position) < (EXCLUDED.txid, EXCLUDED.global_position)",
         )
         .bind(&self.name)
         .bind(&to.txid)
         .bind(to.position)
         .bind(count as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
 
         let labels = [("relay", self.name.clone())];
         metrics::counter!("tillstream_relay_published_total", &labels).increment(count as u64);
@@ -285,4 +300,15 @@ impl Relay {
         tracing::debug!(relay = %self.name, count, duplicates, "published batch");
         Ok(count)
     }
+}
+
+/// Awaits every ack of a wave; returns how many were duplicates JetStream dropped.
+async fn settle(wave: &mut Vec<PublishAckFuture>) -> Result<u64, RelayError> {
+    let mut duplicates = 0;
+    for ack in wave.drain(..) {
+        if ack.await?.duplicate {
+            duplicates += 1;
+        }
+    }
+    Ok(duplicates)
 }

@@ -213,3 +213,62 @@ async fn an_event_committed_late_with_an_earlier_position_is_not_skipped() {
 
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn two_relays_on_one_store_publish_each_event_once_in_order() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("orders").await;
+    event_store::migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let direct = jetstream::new(client.clone());
+    nats::ensure_streams(&direct, &env.namespace, 1)
+        .await
+        .unwrap();
+
+    let shutdown = Shutdown::new();
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        let relay = Relay::new(
+            pool.clone(),
+            client.clone(),
+            env.namespace.clone(),
+            "shared".into(),
+            7,
+            1,
+        );
+        relays.push(tokio::spawn(relay.run(shutdown.clone())));
+    }
+    // Writers commit concurrently while both relays run.
+    let writers: Vec<_> = (0..5)
+        .map(|a| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for seq in 1..=20 {
+                    insert_event(&pool, &format!("agg-{a}"), seq).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    eventually(DEADLINE, "all 100 events on the stream", || async {
+        (message_count(&direct, &env).await >= 100).then_some(())
+    })
+    .await;
+    let contents = stream_contents(&direct, &env).await;
+    assert_eq!(contents.len(), 100, "no event twice");
+    for a in 0..5 {
+        let sequences: Vec<u64> = contents
+            .iter()
+            .filter(|(_, e)| e.aggregate_id == format!("agg-{a}"))
+            .map(|(_, e)| e.sequence)
+            .collect();
+        assert_eq!(sequences, (1..=20).collect::<Vec<_>>(), "agg-{a} in order");
+    }
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+    env.cleanup().await;
+}
