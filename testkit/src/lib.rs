@@ -59,6 +59,13 @@ impl TestEnv {
         postgres::with_database(&postgres_url(), &name).expect("test Postgres URL is valid")
     }
 
+    /// A pool on this test's database `<id>_<suffix>`, which something else created.
+    pub fn connect(&self, suffix: &str) -> sqlx_pool::PgPool {
+        let url = postgres::with_database(&postgres_url(), &format!("{}_{suffix}", self.id))
+            .expect("test Postgres URL is valid");
+        postgres::pool(&url, 5).expect("pool")
+    }
+
     /// Creates the database and returns a pool on it.
     pub async fn database(&self, suffix: &str) -> (String, sqlx_pool::PgPool) {
         let url = self.database_url(suffix);

@@ -1,27 +1,16 @@
 //! End to end: the whole platform in-process on random ports, with its own databases and
 //! stream namespace, against the machine's real Postgres and NATS JetStream.
 
-use std::time::Duration;
+mod support;
 
 use serde_json::{Value, json};
-use tillstream::{Platform, PlatformConfig};
-use tillstream_proto::order::v1::{self as order_pb, order_service_client::OrderServiceClient};
-use tillstream_proto::user::v1::{self as user_pb, user_service_client::UserServiceClient};
-use tillstream_runtime::Shutdown;
-use tillstream_testkit::{TestEnv, eventually, nats_url, postgres_url};
-use tonic::{Code, Request};
+use support::{DEADLINE, TestPlatform, authorized, item};
+use tillstream_proto::order::v1 as order_pb;
+use tillstream_proto::user::v1 as user_pb;
+use tillstream_testkit::eventually;
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn authorized<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
 
 async fn graphql(http: &reqwest::Client, url: &str, query: &str, variables: Value) -> Value {
     http.post(url)
@@ -34,40 +23,12 @@ async fn graphql(http: &reqwest::Client, url: &str, query: &str, variables: Valu
         .expect("JSON body")
 }
 
-fn item(sku: &str, name: &str, quantity: u32, unit_price_cents: i64) -> order_pb::OrderItem {
-    order_pb::OrderItem {
-        sku: sku.into(),
-        name: name.into(),
-        quantity,
-        unit_price_cents,
-    }
-}
-
 #[tokio::test]
 async fn an_order_placed_over_grpc_is_answered_by_graphql() {
-    let env = TestEnv::new();
-    // Register the test's databases for cleanup (the platform creates them).
-    for db in ["users", "orders", "reads"] {
-        env.database_url(db);
-    }
-    let config = PlatformConfig::on_random_ports(
-        postgres_url(),
-        env.id.clone(),
-        nats_url(),
-        env.namespace.prefix().to_owned(),
-        env.data_dir.clone(),
-    );
-    let platform = Platform::build(config).await.expect("platform starts");
-    let addrs = platform.addresses();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(platform.run(shutdown.clone()));
-
-    let mut users = UserServiceClient::connect(format!("http://{}", addrs.user_grpc))
-        .await
-        .unwrap();
-    let mut orders = OrderServiceClient::connect(format!("http://{}", addrs.order_grpc))
-        .await
-        .unwrap();
+    let platform = TestPlatform::start().await;
+    let addrs = platform.addrs;
+    let mut users = platform.users().await;
+    let mut orders = platform.orders().await;
 
     let registered = users
         .register_user(user_pb::RegisterUserRequest {
@@ -267,7 +228,5 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
         assert!(metrics.contains(expected), "/metrics has {expected}");
     }
 
-    shutdown.cancel();
-    running.await.unwrap().expect("platform stops cleanly");
-    env.cleanup().await;
+    platform.stop().await;
 }

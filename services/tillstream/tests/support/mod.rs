@@ -1,0 +1,158 @@
+//! What the platform's integration tests share: the whole platform started in-process on
+//! random ports, with its own databases, namespace and data folder, and typed clients.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::time::Duration;
+
+use tillstream::platform::Addresses;
+use tillstream::{Platform, PlatformConfig};
+use tillstream_proto::order::v1::{self as order_pb, order_service_client::OrderServiceClient};
+use tillstream_proto::user::v1::{self as user_pb, user_service_client::UserServiceClient};
+use tillstream_runtime::Shutdown;
+use tillstream_testkit::{TestEnv, nats_url, postgres_url};
+use tonic::Request;
+use tonic::transport::Channel;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const ADMIN_EMAIL: &str = "admin@test.local";
+pub const ADMIN_PASSWORD: &str = "an admin password for tests";
+pub const PASSWORD: &str = "a long enough password";
+
+pub struct TestPlatform {
+    pub env: TestEnv,
+    pub addrs: Addresses,
+    shutdown: Shutdown,
+    running: tokio::task::JoinHandle<Result<(), tillstream::platform::PlatformError>>,
+}
+
+impl TestPlatform {
+    pub async fn start() -> Self {
+        let env = TestEnv::new();
+        for db in ["users", "orders", "reads"] {
+            env.database_url(db); // registered for cleanup; the platform creates them
+        }
+        let mut config = PlatformConfig::on_random_ports(
+            postgres_url(),
+            env.id.clone(),
+            nats_url(),
+            env.namespace.prefix().to_owned(),
+            env.data_dir.clone(),
+        );
+        config.admin_email = Some(ADMIN_EMAIL.to_owned());
+        config.admin_password = Some(ADMIN_PASSWORD.to_owned());
+        let platform = Platform::build(config).await.expect("platform starts");
+        let addrs = platform.addresses();
+        let shutdown = Shutdown::new();
+        let running = tokio::spawn(platform.run(shutdown.clone()));
+        TestPlatform {
+            env,
+            addrs,
+            shutdown,
+            running,
+        }
+    }
+
+    pub async fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::connect(format!("http://{}", self.addrs.user_grpc))
+            .await
+            .expect("user service answers")
+    }
+
+    pub async fn orders(&self) -> OrderServiceClient<Channel> {
+        OrderServiceClient::connect(format!("http://{}", self.addrs.order_grpc))
+            .await
+            .expect("order service answers")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        self.users()
+            .await
+            .login(user_pb::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .expect("login succeeds")
+            .into_inner()
+            .access_token
+    }
+
+    /// Registers a customer and logs in: (user id, token).
+    pub async fn customer(&self, name: &str) -> (String, String) {
+        let email = format!("{name}@example.com");
+        let id = self
+            .users()
+            .await
+            .register_user(register(&email, name))
+            .await
+            .expect("registration succeeds")
+            .into_inner()
+            .id;
+        (id, self.login(&email, PASSWORD).await)
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Places a two-item order (total 2550 EUR cents) for `user_id`; returns its id.
+    pub async fn order_for(&self, user_id: &str, token: &str) -> String {
+        self.orders()
+            .await
+            .place_order(authorized(place(user_id), token))
+            .await
+            .expect("order placed")
+            .into_inner()
+            .id
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.running
+            .await
+            .expect("platform task")
+            .expect("platform stops cleanly");
+        self.env.cleanup().await;
+    }
+}
+
+pub fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII token"),
+    );
+    request
+}
+
+pub fn register(email: &str, username: &str) -> user_pb::RegisterUserRequest {
+    user_pb::RegisterUserRequest {
+        email: email.into(),
+        username: username.into(),
+        password: PASSWORD.into(),
+        full_name: "Test Person".into(),
+        idempotency_key: String::new(),
+    }
+}
+
+pub fn item(sku: &str, name: &str, quantity: u32, unit_price_cents: i64) -> order_pb::OrderItem {
+    order_pb::OrderItem {
+        sku: sku.into(),
+        name: name.into(),
+        quantity,
+        unit_price_cents,
+    }
+}
+
+pub fn place(user_id: &str) -> order_pb::PlaceOrderRequest {
+    order_pb::PlaceOrderRequest {
+        user_id: user_id.into(),
+        items: vec![
+            item("TEA-1", "Green tea", 3, 450),
+            item("MUG-2", "Mug", 1, 1200),
+        ],
+        currency: "EUR".into(),
+        ..Default::default()
+    }
+}
