@@ -26,6 +26,8 @@ pub enum HostError {
     Grpc(#[from] tonic::transport::Error),
     #[error("ops server failed: {0}")]
     Ops(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("invalid file descriptor set for reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -66,9 +68,11 @@ impl GrpcHost {
     /// A server builder with the host's limits, serving `grpc.health.v1` for `service_name`
     /// and gRPC reflection (v1) of `descriptors`, so grpcurl and similar tools need no
     /// local copy of the protos.
+    /// With `tls`, the server speaks only TLS.
     pub async fn router(
         service_name: &str,
         descriptors: &'static [u8],
+        tls: Option<&crate::tls::ServerTls>,
     ) -> Result<tonic::transport::server::Router, HostError> {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(descriptors)
@@ -80,10 +84,11 @@ impl GrpcHost {
         reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        Ok(tonic::transport::Server::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .add_service(health)
-            .add_service(reflection))
+        let mut server = tonic::transport::Server::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(tls) = tls {
+            server = server.tls_config(tls.config()?)?;
+        }
+        Ok(server.add_service(health).add_service(reflection))
     }
 
     /// Serves `router` and the ops endpoints until `shutdown` fires.

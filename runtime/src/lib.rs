@@ -18,6 +18,7 @@ pub mod secret_file;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
 pub use shutdown::Shutdown;

@@ -22,6 +22,7 @@ use crate::grpc::OrderGrpc;
 
 pub struct App {
     host: GrpcHost,
+    tls: Option<tillstream_runtime::tls::ServerTls>,
     service: OrderGrpc,
     readiness: Readiness,
 }
@@ -48,6 +49,7 @@ impl App {
         };
         Ok(App {
             host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
+            tls: config.tls(),
             service,
             readiness: Readiness::default()
                 .with(PostgresReady {
@@ -76,9 +78,13 @@ impl App {
             OrderServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES),
             interceptor,
         );
-        let router = GrpcHost::router(SERVICE_NAME, tillstream_proto::FILE_DESCRIPTOR_SET)
-            .await?
-            .add_service(service);
+        let router = GrpcHost::router(
+            SERVICE_NAME,
+            tillstream_proto::FILE_DESCRIPTOR_SET,
+            self.tls.as_ref(),
+        )
+        .await?
+        .add_service(service);
         self.host.serve(router, self.readiness, shutdown).await
     }
 }

@@ -35,6 +35,12 @@ pub struct Config {
         default_value = "127.0.0.1:50052"
     )]
     pub grpc_addr: SocketAddr,
+    /// PEM certificate chain for gRPC over TLS (with --tls-key); plaintext when unset.
+    #[arg(long = "tls-cert", env = "TILLSTREAM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for gRPC over TLS (with --tls-cert).
+    #[arg(long = "tls-key", env = "TILLSTREAM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// /healthz, /readyz, /metrics listen address.
     #[arg(
         long = "ops-addr",
@@ -49,4 +55,17 @@ pub struct Config {
         default_value = ".data"
     )]
     pub data_dir: PathBuf,
+}
+
+impl Config {
+    /// The TLS files, when both are configured.
+    pub fn tls(&self) -> Option<tillstream_runtime::tls::ServerTls> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(tillstream_runtime::tls::ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
 }

@@ -13,6 +13,7 @@ use serde_json::json;
 use tillstream_proto::order::v1::{self as order_pb, order_service_client::OrderServiceClient};
 use tillstream_proto::user::v1::{self as user_pb, user_service_client::UserServiceClient};
 use tonic::Request;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 const DEMO_FILE: &str = "demo.json";
 const DEMO_EMAIL: &str = "demo@tillstream.local";
@@ -46,11 +47,22 @@ fn random_password() -> Result<String, DemoError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A channel to `addr`, over TLS when `tls` is given (its server name, not the address, is
+/// what the certificate is checked against).
+pub async fn channel(addr: SocketAddr, tls: Option<ClientTlsConfig>) -> Result<Channel, DemoError> {
+    let endpoint = match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?,
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+    };
+    Ok(endpoint.connect().await?)
+}
+
 /// Seeds the demo once per data folder; returns what was seeded (now or before).
 pub async fn seed(
     data_dir: &Path,
     user_grpc: SocketAddr,
     order_grpc: SocketAddr,
+    tls: Option<ClientTlsConfig>,
 ) -> Result<Demo, DemoError> {
     let file = data_dir.join(DEMO_FILE);
     let mut saved: serde_json::Value = match std::fs::read_to_string(&file) {
@@ -76,8 +88,8 @@ pub async fn seed(
     }
     let (email, password) = (field(&saved, "email"), field(&saved, "password"));
 
-    let mut users = UserServiceClient::connect(format!("http://{user_grpc}")).await?;
-    let mut orders = OrderServiceClient::connect(format!("http://{order_grpc}")).await?;
+    let mut users = UserServiceClient::new(channel(user_grpc, tls.clone()).await?);
+    let mut orders = OrderServiceClient::new(channel(order_grpc, tls).await?);
     let registered = users
         .register_user(user_pb::RegisterUserRequest {
             email: email.clone(),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use tillstream_runtime::grpc_host::HostError;
+use tillstream_runtime::tls::ServerTls;
 use tillstream_runtime::{Shutdown, StartError, postgres};
 
 /// Where everything lives. Databases are `<database_prefix>_users`, `_orders`, `_reads` on
@@ -26,6 +27,8 @@ pub struct PlatformConfig {
     pub admin_email: Option<String>,
     /// Its password; generated into `<data_dir>/admin-password` when None.
     pub admin_password: Option<String>,
+    /// gRPC over TLS with these files; plaintext when None.
+    pub tls: Option<ServerTls>,
 }
 
 impl PlatformConfig {
@@ -52,6 +55,7 @@ impl PlatformConfig {
             db_pool_size: 10,
             admin_email: None,
             admin_password: None,
+            tls: None,
         }
     }
 
@@ -122,6 +126,8 @@ impl Platform {
             reads_database_url: reads_db.clone(),
             admin_email: config.admin_email.clone(),
             admin_password: config.admin_password.clone(),
+            tls_cert: config.tls.as_ref().map(|t| t.cert.clone()),
+            tls_key: config.tls.as_ref().map(|t| t.key.clone()),
             token_lifetime_secs: 3600,
         })
         .await
@@ -133,6 +139,8 @@ impl Platform {
             ops_addr: config.ops_addrs[1],
             data_dir: config.data_dir.clone(),
             reads_database_url: reads_db.clone(),
+            tls_cert: config.tls.as_ref().map(|t| t.cert.clone()),
+            tls_key: config.tls.as_ref().map(|t| t.key.clone()),
         })
         .await
         .map_err(start("order service"))?;

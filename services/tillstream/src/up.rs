@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use tillstream::{Platform, PlatformConfig, demo};
+use tillstream_runtime::tls::DevCertificates;
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -68,6 +69,9 @@ pub struct UpArgs {
     /// The first admin's password; generated into `<data-dir>/admin-password` when unset.
     #[arg(long, env = "TILLSTREAM_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// Serve gRPC over TLS with a development CA generated into `<data-dir>/tls/`.
+    #[arg(long, env = "TILLSTREAM_DEV_TLS")]
+    tls: bool,
     /// Do not seed the demo customer and order.
     #[arg(long)]
     no_demo: bool,
@@ -77,6 +81,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data folder {}", args.data_dir.display()))?;
     let ops = |i: u16| SocketAddr::from(([127, 0, 0, 1], args.ops_base_port + i));
+    let certificates = if args.tls {
+        Some(
+            DevCertificates::ensure(&args.data_dir)
+                .context("generating development certificates")?,
+        )
+    } else {
+        None
+    };
     let config = PlatformConfig {
         postgres_url: args.postgres_url,
         database_prefix: args.database_prefix,
@@ -91,6 +103,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         db_pool_size: 10,
         admin_email: Some(args.admin_email.clone()),
         admin_password: args.admin_password,
+        tls: certificates.as_ref().map(|c| c.server.clone()),
     };
     let platform = Platform::build(config)
         .await
@@ -119,7 +132,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .join(", ")
     );
     if !args.no_demo {
-        match demo::seed(&args.data_dir, addrs.user_grpc, addrs.order_grpc).await {
+        let client_tls = match &certificates {
+            Some(certs) => Some(
+                certs
+                    .client_config()
+                    .context("reading the development CA")?,
+            ),
+            None => None,
+        };
+        match demo::seed(
+            &args.data_dir,
+            addrs.user_grpc,
+            addrs.order_grpc,
+            client_tls,
+        )
+        .await
+        {
             Ok(d) => {
                 println!(
                     "  demo      customer {} (password in {}/demo.json)",

@@ -23,6 +23,7 @@ use crate::{Config, bootstrap};
 
 pub struct App {
     host: GrpcHost,
+    tls: Option<tillstream_runtime::tls::ServerTls>,
     service: UserGrpc,
     readiness: Readiness,
 }
@@ -66,6 +67,7 @@ impl App {
         };
         Ok(App {
             host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
+            tls: config.tls(),
             service,
             readiness: Readiness::default()
                 .with(PostgresReady {
@@ -94,9 +96,13 @@ impl App {
             UserServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES),
             interceptor,
         );
-        let router = GrpcHost::router(SERVICE_NAME, tillstream_proto::FILE_DESCRIPTOR_SET)
-            .await?
-            .add_service(service);
+        let router = GrpcHost::router(
+            SERVICE_NAME,
+            tillstream_proto::FILE_DESCRIPTOR_SET,
+            self.tls.as_ref(),
+        )
+        .await?
+        .add_service(service);
         self.host.serve(router, self.readiness, shutdown).await
     }
 }

@@ -28,6 +28,11 @@ pub struct TestPlatform {
 
 impl TestPlatform {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the platform after `adjust` has changed its configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut PlatformConfig)) -> Self {
         let env = TestEnv::new();
         for db in ["users", "orders", "reads"] {
             env.database_url(db); // registered for cleanup; the platform creates them
@@ -41,6 +46,7 @@ impl TestPlatform {
         );
         config.admin_email = Some(ADMIN_EMAIL.to_owned());
         config.admin_password = Some(ADMIN_PASSWORD.to_owned());
+        adjust(&mut config);
         let platform = Platform::build(config).await.expect("platform starts");
         let addrs = platform.addresses();
         let shutdown = Shutdown::new();
