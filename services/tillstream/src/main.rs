@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every service in one process (with demo data unless --no-demo).
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Sign an access token with the installation's private key (for service-to-service
     /// calls and operators; the key is in `<data-dir>/keys/`).
     Token(TokenArgs),
@@ -43,7 +43,7 @@ struct TokenArgs {
 async fn main() -> anyhow::Result<()> {
     tillstream_runtime::telemetry::init();
     match Cli::parse().command {
-        Command::Up(args) => up::run(args).await,
+        Command::Up(args) => up::run(*args).await,
         Command::Token(args) => {
             let keys = tillstream_runtime::tokens::KeyPaths::in_dir(&args.data_dir);
             let issuer = tillstream_runtime::tokens::TokenIssuer::load(
