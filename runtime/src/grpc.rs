@@ -58,14 +58,21 @@ pub fn authenticate(verifier: &TokenVerifier, metadata: &MetadataMap) -> Result<
         .map_err(|_| Status::unauthenticated("invalid or expired access token"))
 }
 
-/// The request's correlation id, or a new one when the caller sent none (or an unusable one).
-pub fn correlation_id(metadata: &MetadataMap) -> String {
+/// Request metadata key naming one request (the causation id of its events).
+pub const REQUEST_HEADER: &str = "x-request-id";
+
+/// A short, printable metadata value.
+fn header(metadata: &MetadataMap, key: &str) -> Option<String> {
     metadata
-        .get(CORRELATION_HEADER)
+        .get(key)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// The request's correlation id, or a new one when the caller sent none (or an unusable one).
+pub fn correlation_id(metadata: &MetadataMap) -> String {
+    header(metadata, CORRELATION_HEADER).unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
 /// Event metadata for a command from `caller` (None for open commands).
@@ -76,6 +83,10 @@ pub fn event_metadata(
 ) -> EventMetadata {
     let actor = caller.map_or_else(Actor::anonymous, |c| Actor::user(c.user_id.clone(), c.role));
     let mut meta = EventMetadata::new(correlation_id(metadata), actor);
+    // The cause of a command's events is the command itself: the caller's request id when it
+    // sends one (`x-request-id`), else a fresh id for this request.
+    meta.causation_id =
+        Some(header(metadata, REQUEST_HEADER).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()));
     if !idempotency_key.is_empty() {
         meta.idempotency_key = Some(idempotency_key.to_owned());
     }

@@ -22,6 +22,7 @@ pub const PASSWORD: &str = "a long enough password";
 pub struct TestPlatform {
     pub env: TestEnv,
     pub addrs: Addresses,
+    config: PlatformConfig,
     shutdown: Shutdown,
     running: tokio::task::JoinHandle<Result<(), tillstream::platform::PlatformError>>,
 }
@@ -47,16 +48,33 @@ impl TestPlatform {
         config.admin_email = Some(ADMIN_EMAIL.to_owned());
         config.admin_password = Some(ADMIN_PASSWORD.to_owned());
         adjust(&mut config);
-        let platform = Platform::build(config).await.expect("platform starts");
+        Self::launch(env, config).await
+    }
+
+    async fn launch(env: TestEnv, config: PlatformConfig) -> Self {
+        let platform = Platform::build(config.clone())
+            .await
+            .expect("platform starts");
         let addrs = platform.addresses();
         let shutdown = Shutdown::new();
         let running = tokio::spawn(platform.run(shutdown.clone()));
         TestPlatform {
             env,
             addrs,
+            config,
             shutdown,
             running,
         }
+    }
+
+    /// Stops every part and starts them again on the same databases and streams.
+    pub async fn restart(self) -> Self {
+        self.shutdown.cancel();
+        self.running
+            .await
+            .expect("platform task")
+            .expect("platform stops cleanly");
+        Self::launch(self.env, self.config).await
     }
 
     pub async fn users(&self) -> UserServiceClient<Channel> {
