@@ -102,6 +102,20 @@ pub struct CommandContext {
 }
 
 impl CommandContext {
+    /// The context of `request` from `caller` (None for open commands).
+    pub fn of<T: tillstream_proto::KeyedRequest>(
+        request: &tonic::Request<T>,
+        caller: Option<&Caller>,
+    ) -> Result<Self, Status> {
+        let message = request.get_ref();
+        Self::new(
+            request.metadata(),
+            caller,
+            message.idempotency_key(),
+            &message.unkeyed().encode_to_vec(),
+        )
+    }
+
     /// `unkeyed` is the request encoded without its idempotency key.
     pub fn new(
         metadata: &MetadataMap,

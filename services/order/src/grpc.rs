@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use tillstream_events::{Address, OrderStatus, Role};
 use tillstream_projections::queries::Reads;
 use tillstream_proto::order::v1 as pb;
@@ -142,16 +141,7 @@ impl pb::order_service_server::OrderService for OrderGrpc {
     ) -> Result<Response<pb::CommandReply>, Status> {
         let caller = self.gate.caller(&request).await?;
         let req = request.get_ref();
-        let unkeyed = pb::PlaceOrderRequest {
-            idempotency_key: String::new(),
-            ..req.clone()
-        };
-        let context = CommandContext::new(
-            request.metadata(),
-            Some(&caller),
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
-        )?;
+        let context = CommandContext::of(&request, Some(&caller))?;
         let placement = Placement::parse(&PlacementInput {
             user_id: &req.user_id,
             items: req
@@ -211,18 +201,9 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             payment_reference: grpc::short_text("payment_reference", &req.payment_reference, true)?,
             amount_cents: req.amount_cents,
         };
-        let unkeyed = pb::PayOrderRequest {
-            idempotency_key: String::new(),
-            ..req.clone()
-        };
         self.change(
             &caller,
-            CommandContext::new(
-                request.metadata(),
-                Some(&caller),
-                &req.idempotency_key,
-                &unkeyed.encode_to_vec(),
-            )?,
+            CommandContext::of(&request, Some(&caller))?,
             &order_id,
             command,
             false,
@@ -241,18 +222,9 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             carrier: grpc::short_text("carrier", &req.carrier, true)?,
             tracking_number: grpc::short_text("tracking_number", &req.tracking_number, true)?,
         };
-        let unkeyed = pb::ShipOrderRequest {
-            idempotency_key: String::new(),
-            ..req.clone()
-        };
         self.change(
             &caller,
-            CommandContext::new(
-                request.metadata(),
-                Some(&caller),
-                &req.idempotency_key,
-                &unkeyed.encode_to_vec(),
-            )?,
+            CommandContext::of(&request, Some(&caller))?,
             &order_id,
             command,
             true,
@@ -267,18 +239,9 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         let caller = self.gate.caller(&request).await?;
         let req = request.get_ref();
         let order_id = grpc::uuid_field("order_id", &req.order_id)?;
-        let unkeyed = pb::DeliverOrderRequest {
-            idempotency_key: String::new(),
-            ..req.clone()
-        };
         self.change(
             &caller,
-            CommandContext::new(
-                request.metadata(),
-                Some(&caller),
-                &req.idempotency_key,
-                &unkeyed.encode_to_vec(),
-            )?,
+            CommandContext::of(&request, Some(&caller))?,
             &order_id,
             OrderCommand::Deliver,
             true,
@@ -296,18 +259,9 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         let command = OrderCommand::Cancel {
             reason: grpc::short_text("reason", &req.reason, false)?,
         };
-        let unkeyed = pb::CancelOrderRequest {
-            idempotency_key: String::new(),
-            ..req.clone()
-        };
         self.change(
             &caller,
-            CommandContext::new(
-                request.metadata(),
-                Some(&caller),
-                &req.idempotency_key,
-                &unkeyed.encode_to_vec(),
-            )?,
+            CommandContext::of(&request, Some(&caller))?,
             &order_id,
             command,
             false,

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use tillstream_events::{Role, UserStatus};
 use tillstream_projections::queries::{Reads, UserRow};
 use tillstream_proto::user::v1 as pb;
@@ -143,19 +142,8 @@ impl pb::user_service_server::UserService for UserGrpc {
         &self,
         request: Request<pb::RegisterUserRequest>,
     ) -> Result<Response<pb::CommandReply>, Status> {
+        let context = CommandContext::of(&request, None)?;
         let req = request.get_ref();
-        // The digest leaves out the password: an unsalted SHA-256 of it must not be stored.
-        let unkeyed = pb::RegisterUserRequest {
-            idempotency_key: String::new(),
-            password: String::new(),
-            ..req.clone()
-        };
-        let context = CommandContext::new(
-            request.metadata(),
-            None,
-            &req.idempotency_key,
-            &unkeyed.encode_to_vec(),
-        )?;
         let registration = Registration::parse(&RegistrationInput {
             email: &req.email,
             username: &req.username,
@@ -239,18 +227,9 @@ impl pb::user_service_server::UserService for UserGrpc {
         let command = UserCommand::UpdateProfile {
             full_name: grpc::short_text("full_name", &req.full_name, true)?,
         };
-        let unkeyed = pb::UpdateProfileRequest {
-            idempotency_key: String::new(),
-            ..req.clone()
-        };
         self.change(
             &caller,
-            CommandContext::new(
-                request.metadata(),
-                Some(&caller),
-                &req.idempotency_key,
-                &unkeyed.encode_to_vec(),
-            )?,
+            CommandContext::of(&request, Some(&caller))?,
             &user_id,
             command,
             false,
@@ -268,18 +247,9 @@ impl pb::user_service_server::UserService for UserGrpc {
         let command = UserCommand::ChangeRole {
             role: role_from_proto(req.role)?,
         };
-        let unkeyed = pb::ChangeUserRoleRequest {
-            idempotency_key: String::new(),
-            ..req.clone()
-        };
         self.change(
             &caller,
-            CommandContext::new(
-                request.metadata(),
-                Some(&caller),
-                &req.idempotency_key,
-                &unkeyed.encode_to_vec(),
-            )?,
+            CommandContext::of(&request, Some(&caller))?,
             &user_id,
             command,
             true,
@@ -297,18 +267,9 @@ impl pb::user_service_server::UserService for UserGrpc {
         let command = UserCommand::Deactivate {
             reason: grpc::short_text("reason", &req.reason, false)?,
         };
-        let unkeyed = pb::DeactivateUserRequest {
-            idempotency_key: String::new(),
-            ..req.clone()
-        };
         self.change(
             &caller,
-            CommandContext::new(
-                request.metadata(),
-                Some(&caller),
-                &req.idempotency_key,
-                &unkeyed.encode_to_vec(),
-            )?,
+            CommandContext::of(&request, Some(&caller))?,
             &user_id,
             command,
             false,
