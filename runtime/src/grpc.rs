@@ -284,7 +284,7 @@ pub fn command_status<E: std::error::Error>(
 
 /// Serves a tonic router on `listener` until `shutdown` fires.
 pub async fn serve(
-    router: tonic::transport::server::Router,
+    router: crate::grpc_host::GrpcRouter,
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {

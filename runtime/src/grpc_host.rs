@@ -5,9 +5,35 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tower::layer::util::{Identity, Stack};
+use tower::util::MapResponseLayer;
 
 use crate::Shutdown;
 use crate::ops::{self, Readiness};
+
+/// The router of a command service, with [`oversized_is_resource_exhausted`] applied.
+pub type GrpcRouter = tonic::transport::server::Router<
+    Stack<MapResponseLayer<fn(GrpcResponse) -> GrpcResponse>, Identity>,
+>;
+type GrpcResponse = http::Response<tonic::body::Body>;
+
+/// tonic answers a request over the size limit with OUT_OF_RANGE; gRPC's convention (and
+/// our API's) is RESOURCE_EXHAUSTED, which tells clients the message was too large.
+fn oversized_is_resource_exhausted(mut response: GrpcResponse) -> GrpcResponse {
+    let oversized = response
+        .extensions()
+        .get::<tonic::Status>()
+        .is_some_and(|s| {
+            s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large")
+        });
+    if oversized {
+        let status = tonic::Status::resource_exhausted(format!(
+            "request larger than the {MAX_MESSAGE_BYTES}-byte limit"
+        ));
+        let _ = status.add_header(response.headers_mut());
+    }
+    response
+}
 
 /// Largest request a command service decodes; larger ones get RESOURCE_EXHAUSTED.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -73,10 +99,14 @@ impl GrpcHost {
         service_name: &str,
         descriptors: &'static [u8],
         tls: Option<&crate::tls::ServerTls>,
-    ) -> Result<tonic::transport::server::Router, HostError> {
+    ) -> Result<GrpcRouter, HostError> {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(descriptors)
             .build_v1()?;
+        // Older tools (grpcurl before 1.9) speak only the v1alpha protocol.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(descriptors)
+            .build_v1alpha()?;
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
             .set_service_status(service_name, tonic_health::ServingStatus::Serving)
@@ -88,13 +118,18 @@ impl GrpcHost {
         if let Some(tls) = tls {
             server = server.tls_config(tls.config()?)?;
         }
-        Ok(server.add_service(health).add_service(reflection))
+        let map: fn(GrpcResponse) -> GrpcResponse = oversized_is_resource_exhausted;
+        Ok(server
+            .layer(MapResponseLayer::new(map))
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_v1alpha))
     }
 
     /// Serves `router` and the ops endpoints until `shutdown` fires.
     pub async fn serve(
         self,
-        router: tonic::transport::server::Router,
+        router: GrpcRouter,
         readiness: Readiness,
         shutdown: Shutdown,
     ) -> Result<(), HostError> {
