@@ -18,6 +18,20 @@ pub struct UserRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+    pub order_count: i64,
+    pub total_spent_cents: i64,
+}
+
+/// One event of an order, as `order_history` keeps it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderHistoryRow {
+    pub sequence: i64,
+    pub event_type: String,
+    pub actor_id: Option<String>,
+    pub actor_role: Option<String>,
+    pub correlation_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -66,7 +80,7 @@ impl Reads {
         limit: i64,
     ) -> Result<Vec<UserRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT id, email, username, full_name, role, status, created_at, updated_at, version FROM users \
+            "SELECT id, email, username, full_name, role, status, created_at, updated_at, version, order_count, total_spent_cents FROM users \
              WHERE ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
         )
         .bind(before)
@@ -84,8 +98,19 @@ impl Reads {
             .await
     }
 
+    /// The events of order `id`, oldest first.
+    pub async fn order_history(&self, id: Uuid) -> Result<Vec<OrderHistoryRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT sequence, event_type, actor_id, actor_role, correlation_id, occurred_at, payload \
+             FROM order_history WHERE order_id = $1 ORDER BY sequence",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
-        sqlx::query_as("SELECT id, email, username, full_name, role, status, created_at, updated_at, version FROM users WHERE id = $1")
+        sqlx::query_as("SELECT id, email, username, full_name, role, status, created_at, updated_at, version, order_count, total_spent_cents FROM users WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await

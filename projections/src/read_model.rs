@@ -122,6 +122,8 @@ async fn apply_order(
     payload: OrderEvent,
 ) -> Result<(), ApplyError> {
     let id = uuid(&event.aggregate_id)?;
+    record_history(tx, event, id).await?;
+    let stats = StatsChange::of(&payload);
     match payload {
         OrderEvent::OrderPlaced(e) => {
             sqlx::query(
@@ -168,5 +170,114 @@ async fn apply_order(
             set_order_status(tx, event, id, OrderStatus::Cancelled, e.refund_due_cents).await?
         }
     }
+    stats.apply(tx, event, id).await
+}
+
+/// Appends the event to `order_history`.
+async fn record_history(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+    id: Uuid,
+) -> Result<(), ApplyError> {
+    sqlx::query(
+        "INSERT INTO order_history (order_id, sequence, event_type, actor_id, actor_role, correlation_id, occurred_at, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(event.sequence as i64)
+    .bind(&event.event_type)
+    .bind(&event.metadata.actor.id)
+    .bind(event.metadata.actor.role.map(|r| r.as_str()))
+    .bind(&event.metadata.correlation_id)
+    .bind(event.occurred_at)
+    .bind(&event.payload)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
+}
+
+/// How one order event changes its customer's figures (`users` and `user_order_stats`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct StatsChange {
+    placed: i64,
+    paid: i64,
+    delivered: i64,
+    cancelled: i64,
+    spent_cents: i64,
+    refunds_cents: i64,
+}
+
+impl StatsChange {
+    fn of(event: &OrderEvent) -> Self {
+        match event {
+            OrderEvent::OrderPlaced(_) => StatsChange {
+                placed: 1,
+                ..Default::default()
+            },
+            OrderEvent::OrderPaid(e) => StatsChange {
+                paid: 1,
+                spent_cents: e.amount_cents,
+                ..Default::default()
+            },
+            OrderEvent::OrderShipped(_) => StatsChange::default(),
+            OrderEvent::OrderDelivered(_) => StatsChange {
+                delivered: 1,
+                ..Default::default()
+            },
+            // A refunded payment is no longer money spent.
+            OrderEvent::OrderCancelled(e) => StatsChange {
+                cancelled: 1,
+                spent_cents: -e.refund_due_cents,
+                refunds_cents: e.refund_due_cents,
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn apply(
+        self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &EventEnvelope,
+        order_id: Uuid,
+    ) -> Result<(), ApplyError> {
+        if self == StatsChange::default() {
+            return Ok(());
+        }
+        let user_id: Uuid = sqlx::query_scalar("SELECT user_id FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        sqlx::query(
+            "UPDATE users SET order_count = order_count + $2, total_spent_cents = total_spent_cents + $3 WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(self.placed)
+        .bind(self.spent_cents)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO user_order_stats AS s (user_id, orders_placed, orders_paid, orders_delivered, orders_cancelled, \
+                 total_spent_cents, refunds_due_cents, last_order_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $2 > 0 THEN $8 END) \
+             ON CONFLICT (user_id) DO UPDATE SET \
+                 orders_placed = s.orders_placed + EXCLUDED.orders_placed, \
+                 orders_paid = s.orders_paid + EXCLUDED.orders_paid, \
+                 orders_delivered = s.orders_delivered + EXCLUDED.orders_delivered, \
+                 orders_cancelled = s.orders_cancelled + EXCLUDED.orders_cancelled, \
+                 total_spent_cents = s.total_spent_cents + EXCLUDED.total_spent_cents, \
+                 refunds_due_cents = s.refunds_due_cents + EXCLUDED.refunds_due_cents, \
+                 last_order_at = GREATEST(s.last_order_at, EXCLUDED.last_order_at)",
+        )
+        .bind(user_id)
+        .bind(self.placed)
+        .bind(self.paid)
+        .bind(self.delivered)
+        .bind(self.cancelled)
+        .bind(self.spent_cents)
+        .bind(self.refunds_cents)
+        .bind(event.occurred_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
 }

@@ -120,3 +120,83 @@ async fn events_are_applied_once_and_gaps_wait() {
 
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn order_events_keep_history_and_customer_figures() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1);
+
+    let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let registered = envelope(
+        "user",
+        user_id,
+        1,
+        "UserRegistered",
+        json!({"email": "a@b.co", "username": "a", "full_name": "A", "role": "customer"}),
+    );
+    let mut paid = envelope(
+        "order",
+        order_id,
+        2,
+        "OrderPaid",
+        json!({"payment_reference": "p", "amount_cents": 2500}),
+    );
+    paid.metadata = EventMetadata::new(
+        "corr-9",
+        Actor::user(user_id.to_string(), tillstream_events::Role::Customer),
+    );
+    let cancelled = envelope(
+        "order",
+        order_id,
+        3,
+        "OrderCancelled",
+        json!({"reason": "no", "refund_due_cents": 2500}),
+    );
+    for event in [
+        registered,
+        order_placed(order_id, user_id),
+        paid.clone(),
+        cancelled,
+    ] {
+        assert_eq!(
+            projector.apply(&event).await.unwrap(),
+            ApplyOutcome::Applied
+        );
+    }
+    assert_eq!(
+        projector.apply(&paid).await.unwrap(),
+        ApplyOutcome::Duplicate,
+        "figures count each event once"
+    );
+
+    let (count, spent): (i64, i64) =
+        sqlx::query_as("SELECT order_count, total_spent_cents FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((count, spent), (1, 0), "one order, fully refunded");
+    let stats: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT orders_placed, orders_paid, orders_cancelled, refunds_due_cents FROM user_order_stats WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stats, (1, 1, 1, 2500));
+    let history: Vec<(i64, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT sequence, event_type, actor_id, correlation_id FROM order_history WHERE order_id = $1 ORDER BY sequence",
+    )
+    .bind(order_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let types: Vec<&str> = history.iter().map(|h| h.1.as_str()).collect();
+    assert_eq!(types, vec!["OrderPlaced", "OrderPaid", "OrderCancelled"]);
+    assert_eq!(history[1].2.as_deref(), Some(user_id.to_string().as_str()));
+    assert_eq!(history[1].3, "corr-9");
+    env.cleanup().await;
+}

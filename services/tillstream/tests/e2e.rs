@@ -154,21 +154,33 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
     );
     assert_eq!(page["data"]["orders"]["pageInfo"]["hasNextPage"], false);
 
-    let user = eventually(DEADLINE, "the user in GraphQL", || async {
+    let user = eventually(DEADLINE, "the user with their order in GraphQL", || async {
         let body = graphql(
             &http,
             &url,
-            "query($id: ID!) { user(id: $id) { email fullName role status } }",
+            "query($id: ID!) { user(id: $id) { email fullName role status orderCount totalSpentCents } }",
             json!({ "id": registered.id }),
         )
         .await;
         let user = body["data"]["user"].clone();
-        (!user.is_null()).then_some(user)
+        (user["orderCount"] == 1).then_some(user)
     })
     .await;
     assert_eq!(
         user,
-        json!({"email": "grace@example.com", "fullName": "Grace Hopper", "role": "CUSTOMER", "status": "ACTIVE"})
+        json!({"email": "grace@example.com", "fullName": "Grace Hopper", "role": "CUSTOMER", "status": "ACTIVE",
+               "orderCount": 1, "totalSpentCents": 0})
+    );
+    let history = graphql(
+        &http,
+        &url,
+        "query($id: ID!) { order(id: $id) { history { sequence eventType actorId actorRole } } }",
+        json!({ "id": placed.id }),
+    )
+    .await;
+    assert_eq!(
+        history["data"]["order"]["history"],
+        json!([{"sequence": 1, "eventType": "OrderPlaced", "actorId": registered.id, "actorRole": "customer"}])
     );
 
     let bad = graphql(&http, &url, "{ order(id: \"nope\") { id } }", json!({})).await;

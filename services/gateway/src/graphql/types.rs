@@ -1,9 +1,11 @@
 //! GraphQL object types, built from read-model rows.
 
-use async_graphql::{Enum, ID, SimpleObject};
+use async_graphql::{ComplexObject, Context, Enum, ID, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use tillstream_projections::queries::{OrderItemRow, OrderWithItems, UserRow};
+use tillstream_projections::queries::{
+    OrderHistoryRow, OrderItemRow, OrderWithItems, Reads, UserRow,
+};
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -51,6 +53,10 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
     /// The user's version: the sequence of the last event applied to this row.
     pub version: i64,
+    /// Orders placed.
+    pub order_count: i64,
+    /// Paid minus refunded, in minor units.
+    pub total_spent_cents: i64,
 }
 
 impl From<UserRow> for User {
@@ -72,6 +78,34 @@ impl From<UserRow> for User {
             created_at: row.created_at,
             updated_at: row.updated_at,
             version: row.version,
+            order_count: row.order_count,
+            total_spent_cents: row.total_spent_cents,
+        }
+    }
+}
+
+/// One event in an order's life: who did what, when.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct OrderEvent {
+    pub sequence: i64,
+    pub event_type: String,
+    pub actor_id: Option<String>,
+    pub actor_role: Option<String>,
+    pub correlation_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: async_graphql::Json<serde_json::Value>,
+}
+
+impl From<OrderHistoryRow> for OrderEvent {
+    fn from(row: OrderHistoryRow) -> Self {
+        OrderEvent {
+            sequence: row.sequence,
+            event_type: row.event_type,
+            actor_id: row.actor_id,
+            actor_role: row.actor_role,
+            correlation_id: row.correlation_id,
+            occurred_at: row.occurred_at,
+            payload: async_graphql::Json(row.payload),
         }
     }
 }
@@ -98,6 +132,7 @@ impl From<OrderItemRow> for OrderItem {
 }
 
 #[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
 pub struct Order {
     pub id: ID,
     pub user_id: ID,
@@ -111,6 +146,21 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
     /// The order's version: the sequence of the last event applied to this row.
     pub version: i64,
+}
+
+#[ComplexObject]
+impl Order {
+    /// The order's events, oldest first.
+    async fn history(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<OrderEvent>> {
+        let id = uuid::Uuid::parse_str(self.id.as_str())
+            .map_err(|_| super::coded("bad order id", "BAD_USER_INPUT"))?;
+        let rows = ctx
+            .data::<Reads>()?
+            .order_history(id)
+            .await
+            .map_err(super::unavailable)?;
+        Ok(rows.into_iter().map(OrderEvent::from).collect())
+    }
 }
 
 impl From<OrderWithItems> for Order {
