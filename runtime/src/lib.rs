@@ -6,6 +6,7 @@
 //! has a `Config`, an `App::build(config)` that connects and migrates, and an
 //! `App::run(shutdown)` that serves until the [`Shutdown`] token fires.
 
+pub mod audit;
 pub mod event_store;
 pub mod gate;
 pub mod grpc;

@@ -8,9 +8,14 @@ use tracing_subscriber::EnvFilter;
 static INIT: Once = Once::new();
 
 pub fn init() {
+    init_with("info,sqlx::postgres::notice=warn");
+}
+
+/// Like [`init`] with another default filter (command-line tools log only warnings).
+pub fn init_with(default_filter: &str) {
     INIT.call_once(|| {
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
+        let filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
         let json = std::env::var("TILLSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json");
         let builder = tracing_subscriber::fmt().with_env_filter(filter);
         let result = if json {

@@ -8,5 +8,6 @@
 
 pub mod demo;
 pub mod platform;
+pub mod tail;
 
 pub use platform::{Platform, PlatformConfig};

@@ -1,30 +1,23 @@
 //! `tillstream up`: the whole platform on local defaults.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use tillstream::{Platform, PlatformConfig, demo};
 use tillstream_runtime::tls::DevCertificates;
 
+use super::{DataDirArgs, DatabaseArgs};
+
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Postgres server; databases `<prefix>_users`, `_orders`, `_reads` are created on it.
-    #[arg(
-        long,
-        env = "TILLSTREAM_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
-        hide_env_values = true
-    )]
-    postgres_url: String,
-    /// Prefix of the databases.
-    #[arg(long, env = "TILLSTREAM_DATABASE_PREFIX", default_value = "tillstream")]
-    database_prefix: String,
+    #[command(flatten)]
+    db: DatabaseArgs,
     /// NATS server with JetStream.
     #[arg(
         long,
         env = "TILLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
     )]
     nats_url: String,
     /// Prefix of every stream and subject (empty: the public names).
@@ -34,8 +27,8 @@ pub struct UpArgs {
     #[arg(long, env = "TILLSTREAM_STREAM_REPLICAS", default_value_t = 1)]
     stream_replicas: usize,
     /// Folder for generated development keys and the demo credentials.
-    #[arg(long, env = "TILLSTREAM_DATA_DIR", default_value = ".data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
     #[arg(
         long,
         env = "TILLSTREAM_USER_GRPC_ADDR",
@@ -78,24 +71,24 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data folder {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data.data_dir)
+        .with_context(|| format!("cannot create data folder {}", args.data.data_dir.display()))?;
     let ops = |i: u16| SocketAddr::from(([127, 0, 0, 1], args.ops_base_port + i));
     let certificates = if args.tls {
         Some(
-            DevCertificates::ensure(&args.data_dir)
+            DevCertificates::ensure(&args.data.data_dir)
                 .context("generating development certificates")?,
         )
     } else {
         None
     };
     let config = PlatformConfig {
-        postgres_url: args.postgres_url,
-        database_prefix: args.database_prefix,
+        postgres_url: args.db.postgres_url,
+        database_prefix: args.db.database_prefix,
         nats_url: args.nats_url,
         namespace: args.namespace,
         stream_replicas: args.stream_replicas,
-        data_dir: args.data_dir.clone(),
+        data_dir: args.data.data_dir.clone(),
         user_grpc_addr: args.user_grpc_addr,
         order_grpc_addr: args.order_grpc_addr,
         gateway_http_addr: args.gateway_http_addr,
@@ -141,7 +134,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             None => None,
         };
         match demo::seed(
-            &args.data_dir,
+            &args.data.data_dir,
             addrs.user_grpc,
             addrs.order_grpc,
             client_tls,
@@ -152,7 +145,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 println!(
                     "  demo      customer {} (password in {}/demo.json)",
                     d.email,
-                    args.data_dir.display()
+                    args.data.data_dir.display()
                 );
                 println!(
                     "            try:  {{ order(id: \"{}\") {{ status totalCents currency items {{ sku quantity lineTotalCents }} }} }}",
@@ -169,7 +162,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!(
         "  admin     {} (password in {}/admin-password unless configured)",
         args.admin_email,
-        args.data_dir.display()
+        args.data.data_dir.display()
     );
     println!("Ctrl-C stops everything.");
     running.await.context("platform task")??;
