@@ -41,7 +41,8 @@ impl Namespace {
         }
     }
 
-    fn stream(&self, name: &str) -> String {
+    /// The name of stream `name` (as `nats/streams.json` calls it) in this namespace.
+    pub fn stream(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_owned()
         } else {
@@ -65,6 +66,11 @@ impl Namespace {
     /// `events.<aggregate>.<id>`
     pub fn event_subject(&self, aggregate_type: &str, aggregate_id: &str) -> String {
         self.subject(&format!("events.{aggregate_type}.{aggregate_id}"))
+    }
+
+    /// `events.dlq.<aggregate>.<id>`: where events no projection could apply are kept.
+    pub fn dead_letter_subject(&self, aggregate_type: &str, aggregate_id: &str) -> String {
+        self.subject(&format!("events.dlq.{aggregate_type}.{aggregate_id}"))
     }
 
     /// The name of a durable consumer, unique per namespace.

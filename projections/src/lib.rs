@@ -11,14 +11,21 @@
 //! A crash at any instant therefore neither loses nor repeats an effect: an event applied
 //! but not acked is skipped when redelivered.
 //!
+//! An event that still cannot be applied after its retries (undecodable, of an unknown
+//! type, or waiting on an earlier event that never came) is a dead letter: kept in the
+//! `dead_letters` table with its error and published on `events.dlq.<aggregate>.<id>`,
+//! counted, and the consumer moves on. `tillstream projections dead-letters` lists them
+//! and re-drives them once the cause is fixed ([`dead_letters`]).
+//!
 //! Read models: `users`, `orders`, `order_items` ([`read_model`]).
 
 pub mod app;
 mod config;
+pub mod dead_letters;
 mod projector;
 pub mod queries;
 pub mod read_model;
 
 pub use app::{App, migrate};
 pub use config::Config;
-pub use projector::{ApplyOutcome, Projector, ProjectorError};
+pub use projector::{ApplyOutcome, Projector, ProjectorError, RetryPolicy};

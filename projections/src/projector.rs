@@ -14,10 +14,32 @@ use crate::read_model::{self, ApplyError, PROJECTION};
 
 /// How long JetStream waits for an ack before redelivering.
 const ACK_WAIT: Duration = Duration::from_secs(30);
-/// Delay before a message that found a gap, or a database error, is delivered again.
-const RETRY_DELAY: Duration = Duration::from_millis(200);
-/// Delay before an event that failed to apply is delivered again.
-const POISON_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// How a projector retries an event it could not apply before dead-lettering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Deliveries before the event goes to the dead letters.
+    pub max_deliveries: u32,
+    /// Delay after the first failed delivery; it doubles with every further one.
+    pub first_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Six deliveries over about half a minute (0.5 + 1 + 2 + 4 + 8 s of waiting).
+    fn default() -> Self {
+        RetryPolicy {
+            max_deliveries: 6,
+            first_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, delivered: u32) -> Duration {
+        self.first_delay
+            .saturating_mul(1u32 << delivered.saturating_sub(1).min(10))
+            .min(Duration::from_secs(60))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -43,6 +65,7 @@ pub struct Projector {
     js: jetstream::Context,
     namespace: Namespace,
     replicas: usize,
+    retry: RetryPolicy,
 }
 
 impl Projector {
@@ -57,7 +80,13 @@ impl Projector {
             js: jetstream::new(nats),
             namespace,
             replicas,
+            retry: RetryPolicy::default(),
         }
+    }
+
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Consumes until `shutdown` fires, reconnecting with backoff when NATS goes away.
@@ -125,17 +154,16 @@ impl Projector {
     }
 
     async fn handle(&self, message: jetstream::Message) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
         let envelope: EventEnvelope = match serde_json::from_slice(&message.payload) {
             Ok(envelope) => envelope,
             Err(error) => {
-                tracing::error!(subject = %message.subject, %error, "undecodable message on the events stream; terminated");
-                metrics::counter!("tillstream_projection_poison_total", "projection" => PROJECTION)
-                    .increment(1);
-                let _ = message.ack_with(AckKind::Term).await;
+                let failure = format!("not an event envelope: {error}");
+                self.dead_letter(&message, None, &failure, delivered).await;
                 return;
             }
         };
-        let ack = match self.apply(&envelope).await {
+        let failure = match self.apply(&envelope).await {
             Ok(ApplyOutcome::Applied) => {
                 metrics::counter!("tillstream_projection_applied_total", "projection" => PROJECTION).increment(1);
                 let lag = (chrono::Utc::now() - envelope.occurred_at)
@@ -144,36 +172,108 @@ impl Projector {
                     / 1000.0;
                 metrics::gauge!("tillstream_projection_lag_seconds", "projection" => PROJECTION)
                     .set(lag);
-                AckKind::Ack
+                return self.acknowledge(&message, AckKind::Ack).await;
             }
             Ok(ApplyOutcome::Duplicate) => {
                 metrics::counter!("tillstream_projection_duplicates_total", "projection" => PROJECTION).increment(1);
-                AckKind::Ack
+                return self.acknowledge(&message, AckKind::Ack).await;
             }
             Ok(ApplyOutcome::Gap { expected }) => {
-                tracing::debug!(id = %envelope.message_id(), expected, "gap before event; retrying later");
-                AckKind::Nak(Some(RETRY_DELAY))
+                format!("sequence {expected} has not been applied yet")
             }
             Err(ApplyError::Database(error)) => {
-                tracing::warn!(id = %envelope.message_id(), %error, "read-model database error; retrying later");
-                AckKind::Nak(Some(RETRY_DELAY))
+                // The read-model database is the problem, not the event: retry, never dead-letter.
+                tracing::warn!(id = %envelope.message_id(), %error, "read-model database error; retrying");
+                return self
+                    .acknowledge(&message, AckKind::Nak(Some(self.retry.delay(delivered))))
+                    .await;
             }
-            Err(error) => {
-                // An event this projector cannot apply (often a newer event type than it
-                // knows) is retried slowly instead of dropped, so upgrading the projector
-                // recovers it; its aggregate waits meanwhile and the error is counted.
-                let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-                if delivered == 1 || delivered % 10 == 0 {
-                    tracing::error!(id = %envelope.message_id(), delivered, %error, "event cannot be projected; retrying slowly");
-                }
-                metrics::counter!("tillstream_projection_poison_total", "projection" => PROJECTION)
-                    .increment(1);
-                AckKind::Nak(Some(POISON_RETRY_DELAY))
-            }
+            Err(error) => error.to_string(),
         };
-        if let Err(error) = message.ack_with(ack).await {
+        self.dead_letter(&message, Some(&envelope), &failure, delivered)
+            .await;
+    }
+
+    async fn acknowledge(&self, message: &jetstream::Message, kind: AckKind) {
+        if let Err(error) = message.ack_with(kind).await {
             tracing::warn!(%error, "acknowledgement failed; the event will be redelivered and skipped");
         }
+    }
+
+    /// Retries a message that failed to apply with growing delays; after
+    /// `max_deliveries` it is kept in `dead_letters` (and published on
+    /// `events.dlq.<aggregate>.<id>`), and the consumer moves on without it.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        envelope: Option<&EventEnvelope>,
+        failure: &str,
+        delivered: u32,
+    ) {
+        if delivered < self.retry.max_deliveries {
+            tracing::debug!(subject = %message.subject, delivered, failure, "event not applied; retrying");
+            return self
+                .acknowledge(message, AckKind::Nak(Some(self.retry.delay(delivered))))
+                .await;
+        }
+        let stream_sequence = message
+            .info()
+            .map(|i| i.stream_sequence as i64)
+            .unwrap_or(0);
+        let stored = sqlx::query(
+            "INSERT INTO dead_letters (projection, subject, stream_sequence, aggregate_type, aggregate_id, sequence, \
+                 event_type, error, deliveries, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (projection, stream_sequence) DO NOTHING",
+        )
+        .bind(PROJECTION)
+        .bind(message.subject.as_str())
+        .bind(stream_sequence)
+        .bind(envelope.map(|e| e.aggregate_type.clone()))
+        .bind(envelope.map(|e| e.aggregate_id.clone()))
+        .bind(envelope.map(|e| e.sequence as i64))
+        .bind(envelope.map(|e| e.event_type.clone()))
+        .bind(failure)
+        .bind(i64::from(delivered))
+        .bind(message.payload.to_vec())
+        .execute(&self.pool)
+        .await;
+        if let Err(error) = stored {
+            // Not recorded, so not dropped: keep retrying until the table takes it.
+            tracing::warn!(%error, "cannot record a dead letter; retrying the event");
+            return self
+                .acknowledge(message, AckKind::Nak(Some(self.retry.delay(delivered))))
+                .await;
+        }
+        let subject = match envelope {
+            Some(e) => self
+                .namespace
+                .dead_letter_subject(&e.aggregate_type, &e.aggregate_id),
+            None => self
+                .namespace
+                .dead_letter_subject("unknown", &stream_sequence.to_string()),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Tillstream-Error",
+            failure
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(500)
+                .collect::<String>()
+                .as_str(),
+        );
+        headers.insert("Tillstream-Original-Subject", message.subject.as_str());
+        if let Err(error) = self
+            .js
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await
+        {
+            tracing::warn!(%error, "dead letter kept in the database but not published on the DLQ stream");
+        }
+        tracing::error!(subject = %message.subject, delivered, failure, "event dead-lettered; the projector moves on");
+        metrics::counter!("tillstream_projection_dead_lettered_total", "projection" => PROJECTION)
+            .increment(1);
+        self.acknowledge(message, AckKind::Term).await;
     }
 
     /// Applies `event` exactly once: see the crate documentation.

@@ -3,7 +3,7 @@
 use chrono::Utc;
 use serde_json::json;
 use tillstream_events::{Actor, EventEnvelope, EventMetadata};
-use tillstream_projections::{ApplyOutcome, Projector, migrate};
+use tillstream_projections::{ApplyOutcome, Projector, RetryPolicy, dead_letters, migrate};
 use tillstream_testkit::{TestEnv, nats_url};
 use uuid::Uuid;
 
@@ -198,5 +198,131 @@ async fn order_events_keep_history_and_customer_figures() {
     assert_eq!(types, vec!["OrderPlaced", "OrderPaid", "OrderCancelled"]);
     assert_eq!(history[1].2.as_deref(), Some(user_id.to_string().as_str()));
     assert_eq!(history[1].3, "corr-9");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn poison_events_are_dead_lettered_and_the_projector_moves_on_and_redrives() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    tillstream_runtime::nats::ensure_streams(&js, &env.namespace, 1)
+        .await
+        .unwrap();
+    let fast = RetryPolicy {
+        max_deliveries: 2,
+        first_delay: std::time::Duration::from_millis(20),
+    };
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let projector = Projector::new(pool.clone(), client.clone(), env.namespace.clone(), 1)
+        .with_retry_policy(fast);
+    let running = tokio::spawn(projector.run(shutdown.clone()));
+    let publish = |event: EventEnvelope| {
+        let js = js.clone();
+        let subject = env
+            .namespace
+            .event_subject(&event.aggregate_type, &event.aggregate_id);
+        async move {
+            js.publish(subject, serde_json::to_vec(&event).unwrap().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+
+    // A foreign message and an event whose predecessor never came...
+    let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
+    js.publish(
+        env.namespace.event_subject("order", "garbage"),
+        "not json".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let paid = envelope(
+        "order",
+        order_id,
+        2,
+        "OrderPaid",
+        json!({"payment_reference": "p", "amount_cents": 2500}),
+    );
+    publish(paid).await;
+    // ...do not stop a healthy event behind them.
+    let other = Uuid::now_v7();
+    publish(order_placed(other, user_id)).await;
+    tillstream_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "two dead letters and the healthy order",
+        || async {
+            let letters = dead_letters::waiting(&pool).await.unwrap();
+            let healthy: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE id = $1")
+                .bind(other)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (letters.len() == 2 && healthy == 1).then_some(())
+        },
+    )
+    .await;
+    let letters = dead_letters::waiting(&pool).await.unwrap();
+    assert!(
+        letters[0].error.contains("not an event envelope"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(letters[1].sequence, Some(2));
+    assert!(
+        letters[1].error.contains("sequence 1"),
+        "{}",
+        letters[1].error
+    );
+    let dlq = js
+        .get_stream(env.namespace.stream("DLQ"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(dlq, 2, "dead letters are published on events.dlq.*");
+
+    // The missing event arrives; re-driving then applies the waiting one in order.
+    publish(order_placed(order_id, user_id)).await;
+    tillstream_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "the placed order",
+        || async {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+                    .bind(order_id)
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+            status.is_some().then_some(())
+        },
+    )
+    .await;
+    let redriver = Projector::new(pool.clone(), client, env.namespace.clone(), 1);
+    let report = dead_letters::redrive(&redriver, &pool, None).await.unwrap();
+    assert_eq!(
+        (report.applied, report.still_failing),
+        (1, 1),
+        "the payment applies; garbage stays garbage"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "PAID");
+    assert_eq!(dead_letters::waiting(&pool).await.unwrap().len(), 1);
+
+    shutdown.cancel();
+    running.await.unwrap();
     env.cleanup().await;
 }

@@ -233,6 +233,7 @@ impl Relay {
         .fetch_all(&mut *tx)
         .await?;
         let Some(last) = rows.last() else {
+            metrics::gauge!("tillstream_relay_lag_events", "relay" => self.name.clone()).set(0.0);
             return Ok(0);
         };
         let to = Checkpoint {
@@ -290,7 +291,23 @@ impl Relay {
         .await?;
         tx.commit().await?;
 
+        // Events still waiting: none when this batch drained the final ones; counted (by
+        // the relay's index) only when a full batch suggests a backlog.
+        let waiting: i64 = if (count as i64) < self.batch_size {
+            0
+        } else {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE (txid, global_position) > ($1::text::xid8, $2) \
+                 AND txid < pg_snapshot_xmin(pg_current_snapshot())",
+            )
+            .bind(&to.txid)
+            .bind(to.position)
+            .fetch_one(&self.pool)
+            .await?
+        };
+
         let labels = [("relay", self.name.clone())];
+        metrics::gauge!("tillstream_relay_lag_events", &labels).set(waiting as f64);
         metrics::counter!("tillstream_relay_published_total", &labels).increment(count as u64);
         metrics::counter!("tillstream_relay_republished_total", &labels).increment(duplicates);
         if let Some(oldest) = oldest {

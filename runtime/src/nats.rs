@@ -113,10 +113,7 @@ pub fn stream_configs(
                     prefix => format!("{prefix}.{s}"),
                 })
                 .collect();
-            let name = match def.name.as_str() {
-                "EVENTS" => namespace.events_stream(),
-                other => other.to_owned(),
-            };
+            let name = namespace.stream(&def.name);
             stream::Config {
                 name,
                 subjects,

@@ -1,6 +1,7 @@
 //! The subcommands of `tillstream`.
 
 mod events;
+mod projections;
 mod replay;
 mod token;
 mod up;
@@ -30,6 +31,9 @@ enum Command {
     /// Work with the EVENTS stream.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Operate the read-model projections.
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
     /// Sign an access token with the installation's private key (for service-to-service
     /// calls and operators; the key is in `<data-dir>/keys/`).
     Token(token::TokenArgs),
@@ -46,6 +50,7 @@ impl Cli {
             Command::Up(args) => up::run(*args).await,
             Command::Replay(args) => replay::run(args).await,
             Command::Events(command) => events::run(command).await,
+            Command::Projections(command) => projections::run(command).await,
             Command::Token(args) => token::run(args),
         }
     }
