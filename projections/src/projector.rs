@@ -4,13 +4,21 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use tillstream_events::{EventEnvelope, Namespace};
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::ensure_streams;
 use tillstream_runtime::retry::Backoff;
 
 use crate::read_model::{self, ApplyError, PROJECTION};
+
+/// Most events applied in one transaction.
+const MAX_BATCH: usize = 500;
+
+/// How many times JetStream has delivered `message` (1 the first time).
+fn delivered(message: &jetstream::Message) -> u32 {
+    message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32
+}
 
 /// How long JetStream waits for an ack before redelivering.
 const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -133,37 +141,95 @@ impl Projector {
             )
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?;
-        let mut messages = consumer
+        // Whatever has already arrived is applied together (up to MAX_BATCH events in one
+        // transaction) when the projector is behind; when it is caught up, each event is
+        // applied as soon as it arrives.
+        let mut batches = consumer
             .messages()
             .await
-            .map_err(|e| ProjectorError::Stream(e.to_string()))?;
+            .map_err(|e| ProjectorError::Stream(e.to_string()))?
+            .ready_chunks(MAX_BATCH);
         tracing::info!(consumer = %durable, "projector consuming");
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => next,
+                next = batches.next() => next,
             };
-            let message = match next {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => return Err(ProjectorError::Stream(e.to_string())),
-                None => return Err(ProjectorError::Stream("message stream ended".to_owned())),
+            let Some(batch) = next else {
+                return Err(ProjectorError::Stream("message stream ended".to_owned()));
             };
+            let mut messages = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for message in batch {
+                match message {
+                    Ok(message) => messages.push(message),
+                    Err(e) => failure = Some(ProjectorError::Stream(e.to_string())),
+                }
+            }
             backoff.reset();
-            self.handle(message).await;
+            self.handle_batch(messages).await;
+            if let Some(error) = failure {
+                return Err(error);
+            }
         }
     }
 
-    async fn handle(&self, message: jetstream::Message) {
-        let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
-        let envelope: EventEnvelope = match serde_json::from_slice(&message.payload) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                let failure = format!("not an event envelope: {error}");
-                self.dead_letter(&message, None, &failure, delivered).await;
-                return;
+    /// Applies a batch in one transaction; each event under its own savepoint, so one
+    /// event's failure does not undo the others. Acks go out after the commit.
+    async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        metrics::histogram!("tillstream_projection_batch_size", "projection" => PROJECTION)
+            .record(messages.len() as f64);
+        let mut decoded = Vec::with_capacity(messages.len());
+        for message in messages {
+            match serde_json::from_slice::<EventEnvelope>(&message.payload) {
+                Ok(envelope) => decoded.push((message, envelope)),
+                Err(error) => {
+                    let delivered = delivered(&message);
+                    self.dead_letter(
+                        &message,
+                        None,
+                        &format!("not an event envelope: {error}"),
+                        delivered,
+                    )
+                    .await;
+                }
             }
-        };
-        let failure = match self.apply(&envelope).await {
+        }
+        let mut outcomes = Vec::with_capacity(decoded.len());
+        let committed = async {
+            let mut tx = self.pool.begin().await?;
+            for (_, envelope) in &decoded {
+                outcomes.push(apply_in(&mut tx, envelope).await);
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(error) = committed {
+            // Nothing of the batch is in the read models: every event is delivered again.
+            tracing::warn!(%error, "read-model transaction failed; retrying the batch");
+            for (message, _) in &decoded {
+                let delay = self.retry.delay(delivered(message));
+                self.acknowledge(message, AckKind::Nak(Some(delay))).await;
+            }
+            return;
+        }
+        for ((message, envelope), outcome) in decoded.iter().zip(outcomes) {
+            self.settle(message, envelope, outcome).await;
+        }
+    }
+
+    /// Acknowledges one event of a committed batch according to what happened to it.
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        envelope: &EventEnvelope,
+        outcome: Result<ApplyOutcome, ApplyError>,
+    ) {
+        let delivered = delivered(message);
+        let failure = match outcome {
             Ok(ApplyOutcome::Applied) => {
                 metrics::counter!("tillstream_projection_applied_total", "projection" => PROJECTION).increment(1);
                 let lag = (chrono::Utc::now() - envelope.occurred_at)
@@ -172,11 +238,11 @@ impl Projector {
                     / 1000.0;
                 metrics::gauge!("tillstream_projection_lag_seconds", "projection" => PROJECTION)
                     .set(lag);
-                return self.acknowledge(&message, AckKind::Ack).await;
+                return self.acknowledge(message, AckKind::Ack).await;
             }
             Ok(ApplyOutcome::Duplicate) => {
                 metrics::counter!("tillstream_projection_duplicates_total", "projection" => PROJECTION).increment(1);
-                return self.acknowledge(&message, AckKind::Ack).await;
+                return self.acknowledge(message, AckKind::Ack).await;
             }
             Ok(ApplyOutcome::Gap { expected }) => {
                 format!("sequence {expected} has not been applied yet")
@@ -185,12 +251,12 @@ impl Projector {
                 // The read-model database is the problem, not the event: retry, never dead-letter.
                 tracing::warn!(id = %envelope.message_id(), %error, "read-model database error; retrying");
                 return self
-                    .acknowledge(&message, AckKind::Nak(Some(self.retry.delay(delivered))))
+                    .acknowledge(message, AckKind::Nak(Some(self.retry.delay(delivered))))
                     .await;
             }
             Err(error) => error.to_string(),
         };
-        self.dead_letter(&message, Some(&envelope), &failure, delivered)
+        self.dead_letter(message, Some(envelope), &failure, delivered)
             .await;
     }
 
@@ -278,53 +344,72 @@ impl Projector {
 
     /// Applies `event` exactly once: see the crate documentation.
     pub async fn apply(&self, event: &EventEnvelope) -> Result<ApplyOutcome, ApplyError> {
-        let sequence = event.sequence as i64;
         let mut tx = self.pool.begin().await?;
-        let claimed: Option<i64> = if sequence == 1 {
-            sqlx::query_scalar(
-                "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence) \
-                 VALUES ($1, $2, $3, 1) ON CONFLICT DO NOTHING RETURNING sequence",
-            )
-            .bind(PROJECTION)
-            .bind(&event.aggregate_type)
-            .bind(&event.aggregate_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        } else {
-            sqlx::query_scalar(
-                "UPDATE projection_checkpoints SET sequence = $4 \
-                 WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence = $4 - 1 \
-                 RETURNING sequence",
-            )
-            .bind(PROJECTION)
-            .bind(&event.aggregate_type)
-            .bind(&event.aggregate_id)
-            .bind(sequence)
-            .fetch_optional(&mut *tx)
-            .await?
-        };
-        if claimed.is_none() {
-            let current: Option<i64> = sqlx::query_scalar(
-                "SELECT sequence FROM projection_checkpoints \
-                 WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3",
-            )
-            .bind(PROJECTION)
-            .bind(&event.aggregate_type)
-            .bind(&event.aggregate_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            let current = current.unwrap_or(0);
-            return Ok(if current >= sequence {
-                ApplyOutcome::Duplicate
-            } else {
-                ApplyOutcome::Gap {
-                    expected: current as u64 + 1,
-                }
-            });
-        }
-        read_model::apply(&mut tx, event).await?;
+        let outcome = apply_in(&mut tx, event).await?;
         tx.commit().await?;
-        Ok(ApplyOutcome::Applied)
+        Ok(outcome)
+    }
+}
+
+/// Applies `event` inside `tx`, under a savepoint: anything but [`ApplyOutcome::Applied`]
+/// leaves `tx` as it was, so the other events of a batch are unaffected.
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+) -> Result<ApplyOutcome, ApplyError> {
+    let sequence = event.sequence as i64;
+    let mut savepoint = tx.begin().await?;
+    let claimed: Option<i64> = if sequence == 1 {
+        sqlx::query_scalar(
+            "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence) \
+             VALUES ($1, $2, $3, 1) ON CONFLICT DO NOTHING RETURNING sequence",
+        )
+        .bind(PROJECTION)
+        .bind(&event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .fetch_optional(&mut *savepoint)
+        .await?
+    } else {
+        sqlx::query_scalar(
+            "UPDATE projection_checkpoints SET sequence = $4 \
+             WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence = $4 - 1 \
+             RETURNING sequence",
+        )
+        .bind(PROJECTION)
+        .bind(&event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .bind(sequence)
+        .fetch_optional(&mut *savepoint)
+        .await?
+    };
+    if claimed.is_none() {
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM projection_checkpoints \
+             WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+        )
+        .bind(PROJECTION)
+        .bind(&event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .fetch_optional(&mut *savepoint)
+        .await?;
+        savepoint.rollback().await?;
+        let current = current.unwrap_or(0);
+        return Ok(if current >= sequence {
+            ApplyOutcome::Duplicate
+        } else {
+            ApplyOutcome::Gap {
+                expected: current as u64 + 1,
+            }
+        });
+    }
+    match read_model::apply(&mut savepoint, event).await {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(ApplyOutcome::Applied)
+        }
+        Err(error) => {
+            savepoint.rollback().await?;
+            Err(error)
+        }
     }
 }

@@ -326,3 +326,78 @@ async fn poison_events_are_dead_lettered_and_the_projector_moves_on_and_redrives
     running.await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_backlog_is_applied_in_batches_without_one_bad_event_spoiling_the_rest() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    tillstream_runtime::nats::ensure_streams(&js, &env.namespace, 1)
+        .await
+        .unwrap();
+
+    // The backlog is published before the projector starts: 100 orders placed then paid,
+    // with an undecodable payment in the middle.
+    let user_id = Uuid::now_v7();
+    let orders: Vec<Uuid> = (0..100).map(|_| Uuid::now_v7()).collect();
+    let mut acks = Vec::new();
+    for (i, order_id) in orders.iter().enumerate() {
+        let mut events = vec![order_placed(*order_id, user_id)];
+        let payment = if i == 50 {
+            json!({"payment_reference": 7})
+        } else {
+            json!({"payment_reference": "p", "amount_cents": 2500})
+        };
+        events.push(envelope("order", *order_id, 2, "OrderPaid", payment));
+        for event in events {
+            let subject = env.namespace.event_subject("order", &event.aggregate_id);
+            acks.push(
+                js.publish(subject, serde_json::to_vec(&event).unwrap().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    let fast = RetryPolicy {
+        max_deliveries: 2,
+        first_delay: std::time::Duration::from_millis(20),
+    };
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let projector =
+        Projector::new(pool.clone(), client, env.namespace.clone(), 1).with_retry_policy(fast);
+    let running = tokio::spawn(projector.run(shutdown.clone()));
+    let paid = tillstream_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "99 paid orders",
+        || async {
+            let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PAID'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let dead = dead_letters::waiting(&pool).await.unwrap().len();
+            (paid == 99 && dead == 1).then_some(paid)
+        },
+    )
+    .await;
+    assert_eq!(paid, 99);
+    let placed: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+        .bind(orders[50])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(placed, "PLACED", "the bad payment changed nothing");
+    let items: i64 = sqlx::query_scalar("SELECT count(*) FROM order_items")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(items, 200, "every order's lines, once");
+    shutdown.cancel();
+    running.await.unwrap();
+    env.cleanup().await;
+}
