@@ -401,3 +401,91 @@ async fn a_backlog_is_applied_in_batches_without_one_bad_event_spoiling_the_rest
     running.await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn two_projectors_share_one_stream_and_keep_each_aggregates_order() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    tillstream_runtime::nats::ensure_streams(&js, &env.namespace, 1)
+        .await
+        .unwrap();
+
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let projector = Projector::new(pool.clone(), client.clone(), env.namespace.clone(), 1);
+            tokio::spawn(projector.run(shutdown.clone()))
+        })
+        .collect();
+
+    // 40 orders, each placed, paid, shipped and delivered, interleaved on the stream.
+    let user_id = Uuid::now_v7();
+    let orders: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+    let steps = [
+        (
+            "OrderPaid",
+            json!({"payment_reference": "p", "amount_cents": 2500}),
+        ),
+        (
+            "OrderShipped",
+            json!({"carrier": "DHL", "tracking_number": "T"}),
+        ),
+        ("OrderDelivered", json!({})),
+    ];
+    let mut acks = Vec::new();
+    for round in 0..4 {
+        for order_id in &orders {
+            let event = match round {
+                0 => order_placed(*order_id, user_id),
+                n => envelope(
+                    "order",
+                    *order_id,
+                    n + 1,
+                    steps[n as usize - 1].0,
+                    steps[n as usize - 1].1.clone(),
+                ),
+            };
+            let subject = env.namespace.event_subject("order", &event.aggregate_id);
+            acks.push(
+                js.publish(subject, serde_json::to_vec(&event).unwrap().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    tillstream_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "40 delivered orders",
+        || async {
+            let delivered: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'DELIVERED'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (delivered == 40).then_some(())
+        },
+    )
+    .await;
+    let histories: Vec<(Uuid, Vec<i64>)> =
+        sqlx::query_as("SELECT order_id, array_agg(sequence ORDER BY sequence) FROM order_history GROUP BY order_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(histories.len(), 40);
+    assert!(
+        histories.iter().all(|(_, seqs)| seqs == &vec![1, 2, 3, 4]),
+        "each order's events once, in order"
+    );
+    assert!(dead_letters::waiting(&pool).await.unwrap().is_empty());
+    shutdown.cancel();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    env.cleanup().await;
+}
