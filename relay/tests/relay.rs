@@ -272,3 +272,66 @@ async fn two_relays_on_one_store_publish_each_event_once_in_order() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn many_writers_committing_out_of_position_order_lose_nothing() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("orders").await;
+    event_store::migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let direct = jetstream::new(client.clone());
+    nats::ensure_streams(&direct, &env.namespace, 1)
+        .await
+        .unwrap();
+    let shutdown = Shutdown::new();
+    let relay = Relay::new(
+        pool.clone(),
+        client,
+        env.namespace.clone(),
+        "test".into(),
+        50,
+        1,
+    );
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    // Eight writers; each transaction takes its position, then holds it open for a varying
+    // while before committing, so later positions regularly commit first.
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for seq in 1..=25i64 {
+                    let mut tx = pool.begin().await.unwrap();
+                    insert_event(&mut *tx, &format!("w{w}"), seq).await;
+                    let hold = (w * 7 + seq as u64 * 13) % 20;
+                    tokio::time::sleep(Duration::from_millis(hold)).await;
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    eventually(DEADLINE, "all 200 events on the stream", || async {
+        (message_count(&direct, &env).await >= 200).then_some(())
+    })
+    .await;
+    let contents = stream_contents(&direct, &env).await;
+    assert_eq!(contents.len(), 200, "each event exactly once");
+    for w in 0..8 {
+        let sequences: Vec<u64> = contents
+            .iter()
+            .filter(|(_, e)| e.aggregate_id == format!("w{w}"))
+            .map(|(_, e)| e.sequence)
+            .collect();
+        assert_eq!(
+            sequences,
+            (1..=25).collect::<Vec<_>>(),
+            "writer {w}'s events in order"
+        );
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    env.cleanup().await;
+}
