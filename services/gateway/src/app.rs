@@ -3,7 +3,13 @@
 use std::net::SocketAddr;
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::GraphQL;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
+
+use crate::auth::Viewer;
+use crate::graphql::GatewaySchema;
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
@@ -22,17 +28,41 @@ pub struct App {
     router: Router,
 }
 
+#[derive(Clone)]
+struct GatewayState {
+    schema: GatewaySchema,
+    verifier: TokenVerifier,
+}
+
 /// The gateway's HTTP routes: GraphQL, GraphiQL and the ops endpoints.
-pub fn router(reads: Reads, readiness: Readiness) -> Router {
-    let schema = graphql::schema(reads);
+pub fn router(reads: Reads, verifier: TokenVerifier, readiness: Readiness) -> Router {
+    let state = GatewayState {
+        schema: graphql::schema(reads),
+        verifier,
+    };
     Router::new()
         .route(
             "/graphql",
             get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) })
-                .post_service(GraphQL::new(schema)),
+                .post(execute),
         )
+        .with_state(state)
         .merge(ops::router(readiness))
         .layer(axum::middleware::from_fn(ops::track_requests))
+}
+
+/// Runs one GraphQL request as the viewer its bearer token names.
+async fn execute(
+    State(state): State<GatewayState>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> GraphQLResponse {
+    let viewer = Viewer::from_headers(&state.verifier, &headers);
+    state
+        .schema
+        .execute(request.into_inner().data(viewer))
+        .await
+        .into()
 }
 
 impl App {
@@ -47,7 +77,11 @@ impl App {
         });
         Ok(App {
             listener: grpc_host::bind(config.http_addr).await?,
-            router: router(Reads::new(pool), readiness),
+            router: router(
+                Reads::new(pool),
+                TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
+                readiness,
+            ),
         })
     }
 

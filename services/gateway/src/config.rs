@@ -19,6 +19,14 @@ pub struct Config {
         default_value_t = 10
     )]
     pub db_pool_size: u32,
+    /// Folder holding the token verification key (`keys/jwt-ed25519.pub.pem`), shared with
+    /// the user service.
+    #[arg(
+        long = "data-dir",
+        env = "TILLSTREAM_DATA_DIR",
+        default_value = ".data"
+    )]
+    pub data_dir: std::path::PathBuf,
     /// HTTP listen address: /graphql, /healthz, /readyz, /metrics.
     #[arg(
         long = "http-addr",

@@ -5,6 +5,7 @@
 //! `tillstream_projections::queries`, the one module that owns the SQL of the read models.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod graphql;
 

@@ -39,6 +39,8 @@ pub struct Demo {
     pub password: String,
     pub user_id: String,
     pub order_id: String,
+    /// A fresh access token of the demo customer.
+    pub token: String,
 }
 
 fn random_password() -> Result<String, DemoError> {
@@ -78,17 +80,18 @@ pub async fn seed(
     };
     let field =
         |saved: &serde_json::Value, k: &str| saved[k].as_str().unwrap_or_default().to_owned();
+    let (email, password) = (field(&saved, "email"), field(&saved, "password"));
+    let mut users = UserServiceClient::new(channel(user_grpc, tls.clone()).await?);
     if !field(&saved, "order_id").is_empty() {
+        let token = login(&mut users, &email, &password).await?;
         return Ok(Demo {
-            email: field(&saved, "email"),
-            password: field(&saved, "password"),
+            email,
+            password,
             user_id: field(&saved, "user_id"),
             order_id: field(&saved, "order_id"),
+            token,
         });
     }
-    let (email, password) = (field(&saved, "email"), field(&saved, "password"));
-
-    let mut users = UserServiceClient::new(channel(user_grpc, tls.clone()).await?);
     let mut orders = OrderServiceClient::new(channel(order_grpc, tls).await?);
     let registered = users
         .register_user(user_pb::RegisterUserRequest {
@@ -100,13 +103,7 @@ pub async fn seed(
         })
         .await?
         .into_inner();
-    let login = users
-        .login(user_pb::LoginRequest {
-            email: email.clone(),
-            password: password.clone(),
-        })
-        .await?
-        .into_inner();
+    let token = login(&mut users, &email, &password).await?;
     let mut place = Request::new(order_pb::PlaceOrderRequest {
         user_id: registered.id.clone(),
         items: vec![
@@ -128,7 +125,7 @@ pub async fn seed(
         note: "demo order".to_owned(),
         idempotency_key: "demo-order".to_owned(),
     });
-    let bearer = format!("Bearer {}", login.access_token)
+    let bearer = format!("Bearer {token}")
         .parse()
         .map_err(|_| tonic::Status::internal("token is not valid metadata"))?;
     place.metadata_mut().insert("authorization", bearer);
@@ -145,5 +142,21 @@ pub async fn seed(
         password,
         user_id: registered.id,
         order_id: placed.id,
+        token,
     })
+}
+
+async fn login(
+    users: &mut UserServiceClient<Channel>,
+    email: &str,
+    password: &str,
+) -> Result<String, DemoError> {
+    Ok(users
+        .login(user_pb::LoginRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .access_token)
 }

@@ -173,6 +173,7 @@ impl Platform {
             database_url: reads_db,
             db_pool_size: config.db_pool_size,
             http_addr: config.gateway_http_addr,
+            data_dir: config.data_dir.clone(),
         })
         .await
         .map_err(start("gateway"))?;

@@ -12,8 +12,15 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-async fn graphql(http: &reqwest::Client, url: &str, query: &str, variables: Value) -> Value {
+async fn graphql(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> Value {
     http.post(url)
+        .bearer_auth(token)
         .json(&json!({ "query": query, "variables": variables }))
         .send()
         .await
@@ -124,7 +131,7 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
     let query = "query($id: ID!) { order(id: $id) { id userId status totalCents currency version \
                  items { sku name quantity unitPriceCents lineTotalCents } } }";
     let order = eventually(DEADLINE, "the order in GraphQL", || async {
-        let body = graphql(&http, &url, query, json!({ "id": placed.id })).await;
+        let body = graphql(&http, &url, &token, query, json!({ "id": placed.id })).await;
         let order = body["data"]["order"].clone();
         (!order.is_null()).then_some(order)
     })
@@ -144,6 +151,7 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
     let page = graphql(
         &http,
         &url,
+        &token,
         "query($u: ID!) { orders(userId: $u, first: 10) { edges { node { id totalCents } } pageInfo { hasNextPage } } }",
         json!({ "u": registered.id }),
     )
@@ -158,6 +166,7 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
         let body = graphql(
             &http,
             &url,
+            &token,
             "query($id: ID!) { user(id: $id) { email fullName role status orderCount totalSpentCents } }",
             json!({ "id": registered.id }),
         )
@@ -174,6 +183,7 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
     let history = graphql(
         &http,
         &url,
+        &token,
         "query($id: ID!) { order(id: $id) { history { sequence eventType actorId actorRole } } }",
         json!({ "id": placed.id }),
     )
@@ -183,8 +193,91 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
         json!([{"sequence": 1, "eventType": "OrderPlaced", "actorId": registered.id, "actorRole": "customer"}])
     );
 
-    let bad = graphql(&http, &url, "{ order(id: \"nope\") { id } }", json!({})).await;
+    let bad = graphql(
+        &http,
+        &url,
+        &token,
+        "{ order(id: \"nope\") { id } }",
+        json!({}),
+    )
+    .await;
     assert_eq!(bad["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+
+    // Reads need a token, and customers see only their own things.
+    let anonymous: Value = http
+        .post(&url)
+        .json(&json!({ "query": "{ me { id } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        anonymous["errors"][0]["extensions"]["code"],
+        "UNAUTHENTICATED"
+    );
+    let me = graphql(&http, &url, &token, "{ me { id email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["id"], json!(registered.id));
+    let (_, bob_token) = platform.customer("bob").await;
+    let bobs_view = graphql(
+        &http,
+        &url,
+        &bob_token,
+        "query($id: ID!) { order(id: $id) { id } }",
+        json!({ "id": placed.id }),
+    )
+    .await;
+    assert_eq!(
+        bobs_view["data"]["order"],
+        Value::Null,
+        "another customer's order reads as missing"
+    );
+    let snooping = graphql(
+        &http,
+        &url,
+        &bob_token,
+        "query($id: ID!) { user(id: $id) { email } }",
+        json!({ "id": registered.id }),
+    )
+    .await;
+    assert_eq!(snooping["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    let listing = graphql(
+        &http,
+        &url,
+        &bob_token,
+        "query($u: ID!) { orders(userId: $u) { edges { node { id } } } }",
+        json!({ "u": registered.id }),
+    )
+    .await;
+    assert_eq!(listing["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    let own = graphql(
+        &http,
+        &url,
+        &bob_token,
+        "{ orders { edges { node { id } } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        own["data"]["orders"]["edges"],
+        json!([]),
+        "bob's own (empty) history, not everyone's: {own}"
+    );
+    let admin = platform.admin_token().await;
+    let everything = graphql(
+        &http,
+        &url,
+        &admin,
+        "query($id: ID!) { order(id: $id) { id } }",
+        json!({ "id": placed.id }),
+    )
+    .await;
+    assert_eq!(
+        everything["data"]["order"]["id"],
+        json!(placed.id),
+        "admins see every order"
+    );
 
     // Standard gRPC tooling works: grpc.health.v1 answers SERVING for both services.
     for (addr, service) in [

@@ -29,12 +29,12 @@ pub fn schema(reads: Reads) -> GatewaySchema {
 }
 
 /// An error with `extensions.code`.
-pub(crate) fn coded(message: impl Into<String>, code: &'static str) -> async_graphql::Error {
+pub fn coded(message: impl Into<String>, code: &'static str) -> async_graphql::Error {
     async_graphql::Error::new(message.into()).extend_with(|_, ext| ext.set("code", code))
 }
 
 /// A read-model failure: logged in full, returned as UNAVAILABLE without internals.
-pub(crate) fn unavailable(error: sqlx::Error) -> async_graphql::Error {
+pub fn unavailable(error: sqlx::Error) -> async_graphql::Error {
     tracing::warn!(%error, "read model query failed");
     coded("the read models are unavailable; retry", "UNAVAILABLE")
 }

@@ -8,6 +8,8 @@ use uuid::Uuid;
 
 use super::types::{Order, User};
 use super::{coded, unavailable};
+use crate::auth;
+use tillstream_events::Role;
 use tillstream_projections::queries::Reads;
 
 /// Largest page `orders(first:)` returns.
@@ -44,18 +46,37 @@ fn decode_cursor(cursor: &str) -> Result<Uuid> {
 
 #[Object]
 impl QueryRoot {
-    /// A user by id, or null when there is none.
-    async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
-        let id = parse_id(&id, "id")?;
+    /// The signed-in user.
+    async fn me(&self, ctx: &Context<'_>) -> Result<Option<User>> {
+        let caller = auth::require(ctx).await?;
+        let Ok(id) = Uuid::parse_str(&caller.user_id) else {
+            return Ok(None); // a service token has no user
+        };
         let reads = ctx.data::<Reads>()?;
         Ok(reads.user(id).await.map_err(unavailable)?.map(User::from))
     }
 
-    /// An order by id, with its items, or null when there is none.
+    /// A user by id, or null when there is none. Customers may read only themselves.
+    async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
+        let caller = auth::require(ctx).await?;
+        let id = parse_id(&id, "id")?;
+        if !auth::may_see(&caller, id) {
+            return Err(coded("customers may read only themselves", "FORBIDDEN"));
+        }
+        let reads = ctx.data::<Reads>()?;
+        Ok(reads.user(id).await.map_err(unavailable)?.map(User::from))
+    }
+
+    /// An order by id, with its items, or null when there is none (or it is another
+    /// customer's).
     async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Order>> {
+        let caller = auth::require(ctx).await?;
         let id = parse_id(&id, "id")?;
         let reads = ctx.data::<Reads>()?;
-        Ok(reads.order(id).await.map_err(unavailable)?.map(Order::from))
+        let order = reads.order(id).await.map_err(unavailable)?;
+        Ok(order
+            .filter(|o| auth::may_see(&caller, o.order.user_id))
+            .map(Order::from))
     }
 
     /// Orders newest first, optionally of one user, as a Relay connection.
@@ -72,10 +93,22 @@ impl QueryRoot {
                 "BAD_USER_INPUT",
             ));
         }
+        let caller = auth::require(ctx).await?;
         let user_id = user_id
             .as_ref()
             .map(|id| parse_id(id, "userId"))
             .transpose()?;
+        // Customers list their own orders; without `userId`, admins list everyone's.
+        let user_id = match (caller.role, user_id) {
+            (Role::Customer, Some(id)) if !auth::may_see(&caller, id) => {
+                return Err(coded(
+                    "customers may list only their own orders",
+                    "FORBIDDEN",
+                ));
+            }
+            (Role::Customer, None) => Some(parse_id(&ID(caller.user_id.clone()), "userId")?),
+            (_, user_id) => user_id,
+        };
         let before = after.as_deref().map(decode_cursor).transpose()?;
         let reads = ctx.data::<Reads>()?;
         let mut rows = reads

@@ -148,12 +148,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     args.data.data_dir.display()
                 );
                 println!(
-                    "            try:  {{ order(id: \"{}\") {{ status totalCents currency items {{ sku quantity lineTotalCents }} }} }}",
+                    "            GraphiQL header:  {{\"Authorization\": \"Bearer {}\"}}",
+                    d.token
+                );
+                println!(
+                    "            query:  {{ order(id: \"{}\") {{ status totalCents currency items {{ sku quantity lineTotalCents }} }} }}",
                     d.order_id
                 );
                 println!(
-                    "            or:   {{ orders(userId: \"{}\") {{ edges {{ node {{ id totalCents }} }} }} }}",
-                    d.user_id
+                    "            or:     {{ orders {{ edges {{ node {{ id status totalCents }} }} }} }}"
                 );
             }
             Err(error) => eprintln!("  demo data could not be seeded: {error}"),

@@ -1,0 +1,72 @@
+//! Who is asking: the bearer token of a GraphQL request, verified with the public key,
+//! and the rules of what each role may see.
+//!
+//! Customers see only themselves and their own orders (another customer's order reads as
+//! missing, so its existence does not leak); admins and services see everything. A
+//! deactivated account's tokens stop working as soon as the read model has the deactivation.
+
+use async_graphql::Context;
+use axum::http::HeaderMap;
+use tillstream_events::Role;
+use tillstream_projections::queries::Reads;
+use tillstream_runtime::grpc::Caller;
+use tillstream_runtime::tokens::TokenVerifier;
+use uuid::Uuid;
+
+use crate::graphql::{coded, unavailable};
+
+/// The viewer of one request, put into the GraphQL request's data by the HTTP handler.
+#[derive(Debug, Clone)]
+pub enum Viewer {
+    Anonymous,
+    InvalidToken,
+    Caller(Caller),
+}
+
+impl Viewer {
+    /// Reads `authorization: Bearer <jwt>`.
+    pub fn from_headers(verifier: &TokenVerifier, headers: &HeaderMap) -> Self {
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+            return Viewer::Anonymous;
+        };
+        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+        match token.map(|t| verifier.verify(t.trim())) {
+            Some(Ok(claims)) => Viewer::Caller(Caller::from(claims)),
+            _ => Viewer::InvalidToken,
+        }
+    }
+}
+
+/// The signed-in, active caller of this request, or UNAUTHENTICATED.
+pub async fn require(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
+    let caller = match ctx.data::<Viewer>()? {
+        Viewer::Caller(caller) => caller.clone(),
+        Viewer::Anonymous => {
+            return Err(coded(
+                "sign in: send `Authorization: Bearer <token>`",
+                "UNAUTHENTICATED",
+            ));
+        }
+        Viewer::InvalidToken => {
+            return Err(coded("invalid or expired access token", "UNAUTHENTICATED"));
+        }
+    };
+    if caller.role != Role::Service {
+        let id = Uuid::parse_str(&caller.user_id)
+            .map_err(|_| coded("invalid access token", "UNAUTHENTICATED"))?;
+        let status = ctx
+            .data::<Reads>()?
+            .user_status(id)
+            .await
+            .map_err(unavailable)?;
+        if status.as_deref() == Some("DEACTIVATED") {
+            return Err(coded("the account is deactivated", "UNAUTHENTICATED"));
+        }
+    }
+    Ok(caller)
+}
+
+/// Whether `caller` may see what belongs to `owner`.
+pub fn may_see(caller: &Caller, owner: Uuid) -> bool {
+    caller.may_act_for(&owner.to_string())
+}
