@@ -73,6 +73,26 @@ impl Reads {
         Reads { pool }
     }
 
+    /// Connects to the read-model database at `url`, creating it and applying the schema
+    /// when needed (a reader may start before the projector).
+    pub async fn connect(
+        url: &str,
+        pool_size: u32,
+    ) -> Result<Self, tillstream_runtime::StartError> {
+        tillstream_runtime::postgres::ensure_database(url).await?;
+        let pool = tillstream_runtime::postgres::pool(url, pool_size)?;
+        crate::migrate(&pool).await?;
+        Ok(Reads { pool })
+    }
+
+    /// Readiness of the read-model database.
+    pub fn readiness(&self) -> tillstream_runtime::postgres::PostgresReady {
+        tillstream_runtime::postgres::PostgresReady {
+            name: "reads",
+            pool: self.pool.clone(),
+        }
+    }
+
     /// Users newest first (UUIDv7 ids sort by creation time), strictly older than `before`.
     pub async fn users(
         &self,

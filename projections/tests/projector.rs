@@ -206,11 +206,7 @@ async fn poison_events_are_dead_lettered_and_the_projector_moves_on_and_redrives
     let env = TestEnv::new();
     let (_, pool) = env.database("reads").await;
     migrate(&pool).await.unwrap();
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    tillstream_runtime::nats::ensure_streams(&js, &env.namespace, 1)
-        .await
-        .unwrap();
+    let (client, js) = env.jetstream().await;
     let fast = RetryPolicy {
         max_deliveries: 2,
         first_delay: std::time::Duration::from_millis(20),
@@ -332,11 +328,7 @@ async fn a_backlog_is_applied_in_batches_without_one_bad_event_spoiling_the_rest
     let env = TestEnv::new();
     let (_, pool) = env.database("reads").await;
     migrate(&pool).await.unwrap();
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    tillstream_runtime::nats::ensure_streams(&js, &env.namespace, 1)
-        .await
-        .unwrap();
+    let (client, js) = env.jetstream().await;
 
     // The backlog is published before the projector starts: 100 orders placed then paid,
     // with an undecodable payment in the middle.
@@ -407,11 +399,7 @@ async fn two_projectors_share_one_stream_and_keep_each_aggregates_order() {
     let env = TestEnv::new();
     let (_, pool) = env.database("reads").await;
     migrate(&pool).await.unwrap();
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    tillstream_runtime::nats::ensure_streams(&js, &env.namespace, 1)
-        .await
-        .unwrap();
+    let (client, js) = env.jetstream().await;
 
     let shutdown = tillstream_runtime::Shutdown::new();
     let workers: Vec<_> = (0..2)

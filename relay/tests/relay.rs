@@ -165,11 +165,7 @@ async fn an_event_committed_late_with_an_earlier_position_is_not_skipped() {
     let env = TestEnv::new();
     let (_, pool) = env.database("orders").await;
     event_store::migrate(&pool).await.unwrap();
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let direct = jetstream::new(client.clone());
-    nats::ensure_streams(&direct, &env.namespace, 1)
-        .await
-        .unwrap();
+    let (client, direct) = env.jetstream().await;
     let relay = Relay::new(
         pool.clone(),
         client,
@@ -219,11 +215,7 @@ async fn two_relays_on_one_store_publish_each_event_once_in_order() {
     let env = TestEnv::new();
     let (_, pool) = env.database("orders").await;
     event_store::migrate(&pool).await.unwrap();
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let direct = jetstream::new(client.clone());
-    nats::ensure_streams(&direct, &env.namespace, 1)
-        .await
-        .unwrap();
+    let (client, direct) = env.jetstream().await;
 
     let shutdown = Shutdown::new();
     let mut relays = Vec::new();
@@ -278,11 +270,7 @@ async fn many_writers_committing_out_of_position_order_lose_nothing() {
     let env = TestEnv::new();
     let (_, pool) = env.database("orders").await;
     event_store::migrate(&pool).await.unwrap();
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let direct = jetstream::new(client.clone());
-    nats::ensure_streams(&direct, &env.namespace, 1)
-        .await
-        .unwrap();
+    let (client, direct) = env.jetstream().await;
     let shutdown = Shutdown::new();
     let relay = Relay::new(
         pool.clone(),

@@ -76,6 +76,16 @@ impl TestEnv {
         (url, pool)
     }
 
+    /// A NATS client and JetStream context with this test's streams created.
+    pub async fn jetstream(&self) -> (async_nats::Client, async_nats::jetstream::Context) {
+        let client = async_nats::connect(nats_url()).await.expect("NATS answers");
+        let js = async_nats::jetstream::new(client.clone());
+        tillstream_runtime::nats::ensure_streams(&js, &self.namespace, 1)
+            .await
+            .expect("test streams");
+        (client, js)
+    }
+
     /// Drops the databases, deletes the namespace's streams and the data folder.
     pub async fn cleanup(self) {
         let names = self.databases.lock().expect("not poisoned").clone();

@@ -15,7 +15,7 @@ use axum::response::Html;
 use axum::routing::get;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::ops::{self, Readiness};
-use tillstream_runtime::postgres::{self, PostgresReady};
+
 use tillstream_runtime::{Shutdown, StartError};
 use tokio::net::TcpListener;
 
@@ -67,18 +67,13 @@ async fn execute(
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        postgres::ensure_database(&config.database_url).await?;
-        let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
-        // The gateway may start before the projector: make sure the tables it reads exist.
-        tillstream_projections::migrate(&pool).await?;
-        let readiness = Readiness::default().with(PostgresReady {
-            name: "postgres",
-            pool: pool.clone(),
-        });
+        // The gateway may start before the projector: `connect` applies the schema it reads.
+        let reads = Reads::connect(&config.database_url, config.db_pool_size).await?;
+        let readiness = Readiness::default().with(reads.readiness());
         Ok(App {
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
-                Reads::new(pool),
+                reads,
                 TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
                 readiness,
             ),

@@ -36,10 +36,8 @@ impl App {
         let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
         event_store::migrate(&pool).await?;
 
-        postgres::ensure_database(&config.reads_database_url).await?;
-        let reads_pool = postgres::pool(&config.reads_database_url, config.db_pool_size)?;
-        tillstream_projections::migrate(&reads_pool).await?;
-        let reads = Reads::new(reads_pool.clone());
+        let reads = Reads::connect(&config.reads_database_url, config.db_pool_size).await?;
+        let reads_ready = reads.readiness();
 
         let verifier = TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?;
         let service = OrderGrpc {
@@ -56,10 +54,7 @@ impl App {
                     name: "postgres",
                     pool,
                 })
-                .with(PostgresReady {
-                    name: "reads",
-                    pool: reads_pool,
-                }),
+                .with(reads_ready),
         })
     }
 

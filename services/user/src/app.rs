@@ -41,10 +41,8 @@ impl App {
 
         let keys = KeyPaths::in_dir(&config.data_dir);
         keys.ensure_generated()?;
-        postgres::ensure_database(&config.reads_database_url).await?;
-        let reads_pool = postgres::pool(&config.reads_database_url, config.db_pool_size)?;
-        tillstream_projections::migrate(&reads_pool).await?;
-        let reads = Reads::new(reads_pool.clone());
+        let reads = Reads::connect(&config.reads_database_url, config.db_pool_size).await?;
+        let reads_ready = reads.readiness();
 
         let commands = CommandBus::new(pool.clone(), ());
         if let Some(email) = &config.admin_email {
@@ -74,10 +72,7 @@ impl App {
                     name: "postgres",
                     pool,
                 })
-                .with(PostgresReady {
-                    name: "reads",
-                    pool: reads_pool,
-                }),
+                .with(reads_ready),
         })
     }
 
