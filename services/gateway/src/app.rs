@@ -8,7 +8,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
 
-use crate::auth::Viewer;
+use crate::auth::{Forward, Viewer};
+use crate::backends::Backends;
 use crate::graphql::GatewaySchema;
 use axum::Router;
 use axum::response::Html;
@@ -35,9 +36,14 @@ struct GatewayState {
 }
 
 /// The gateway's HTTP routes: GraphQL, GraphiQL and the ops endpoints.
-pub fn router(reads: Reads, verifier: TokenVerifier, readiness: Readiness) -> Router {
+pub fn router(
+    reads: Reads,
+    backends: Backends,
+    verifier: TokenVerifier,
+    readiness: Readiness,
+) -> Router {
     let state = GatewayState {
-        schema: graphql::schema(reads),
+        schema: graphql::schema(reads, backends),
         verifier,
     };
     Router::new()
@@ -58,9 +64,10 @@ async fn execute(
     request: GraphQLRequest,
 ) -> GraphQLResponse {
     let viewer = Viewer::from_headers(&state.verifier, &headers);
+    let forward = Forward::from_headers(&headers);
     state
         .schema
-        .execute(request.into_inner().data(viewer))
+        .execute(request.into_inner().data(viewer).data(forward))
         .await
         .into()
 }
@@ -74,6 +81,13 @@ impl App {
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
                 reads,
+                Backends::connect(
+                    &config.user_grpc_url,
+                    &config.order_grpc_url,
+                    config.grpc_ca.as_ref(),
+                    &config.grpc_tls_domain,
+                )
+                .map_err(|e| StartError::Bootstrap(e.to_string()))?,
                 TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
                 readiness,
             ),

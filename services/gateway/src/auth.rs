@@ -37,6 +37,54 @@ impl Viewer {
     }
 }
 
+/// What the gateway passes on to the command services with each forwarded command: the
+/// caller's own `authorization` header (the services verify it again) and the request's
+/// correlation id (`x-correlation-id` from the HTTP request, or a new one).
+#[derive(Debug, Clone)]
+pub struct Forward {
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    correlation_id: String,
+}
+
+impl Forward {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let authorization = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let correlation_id = headers
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_owned)
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        Forward {
+            authorization,
+            correlation_id,
+        }
+    }
+
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// `message` as a gRPC request carrying the caller's token and the correlation id.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        if let Ok(correlation) = self.correlation_id.parse() {
+            request
+                .metadata_mut()
+                .insert("x-correlation-id", correlation);
+        }
+        request
+    }
+}
+
 /// The signed-in, active caller of this request, or UNAUTHENTICATED.
 pub async fn require(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
     let caller = match ctx.data::<Viewer>()? {

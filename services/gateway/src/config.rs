@@ -27,6 +27,30 @@ pub struct Config {
         default_value = ".data"
     )]
     pub data_dir: std::path::PathBuf,
+    /// The user service, where mutations on users go.
+    #[arg(
+        long = "user-grpc-url",
+        env = "TILLSTREAM_USER_GRPC_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_grpc_url: String,
+    /// The order service, where mutations on orders go.
+    #[arg(
+        long = "order-grpc-url",
+        env = "TILLSTREAM_ORDER_GRPC_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub order_grpc_url: String,
+    /// CA certificate (PEM) to reach the command services over TLS (`https://` URLs).
+    #[arg(long = "grpc-ca", env = "TILLSTREAM_GRPC_CA")]
+    pub grpc_ca: Option<std::path::PathBuf>,
+    /// Name the command services' certificates are issued for.
+    #[arg(
+        long = "grpc-tls-domain",
+        env = "TILLSTREAM_GRPC_TLS_DOMAIN",
+        default_value = "localhost"
+    )]
+    pub grpc_tls_domain: String,
     /// HTTP listen address: /graphql, /healthz, /readyz, /metrics.
     #[arg(
         long = "http-addr",

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backends;
 pub mod config;
 pub mod graphql;
 

@@ -29,6 +29,17 @@ pub struct PlatformConfig {
     pub admin_password: Option<String>,
     /// gRPC over TLS with these files; plaintext when None.
     pub tls: Option<ServerTls>,
+    /// The CA the gateway trusts to reach the command services over TLS.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// How the gateway reaches a command service bound at `addr`.
+fn grpc_url(addr: SocketAddr, tls: bool) -> String {
+    if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 impl PlatformConfig {
@@ -56,6 +67,7 @@ impl PlatformConfig {
             admin_email: None,
             admin_password: None,
             tls: None,
+            tls_ca: None,
         }
     }
 
@@ -169,11 +181,16 @@ impl Platform {
         })
         .await
         .map_err(start("projector"))?;
+        let (user_grpc, order_grpc) = (user.grpc_addr(), order.grpc_addr());
         let gateway = tillstream_gateway::App::build(tillstream_gateway::Config {
             database_url: reads_db,
             db_pool_size: config.db_pool_size,
             http_addr: config.gateway_http_addr,
             data_dir: config.data_dir.clone(),
+            user_grpc_url: grpc_url(user_grpc, config.tls.is_some()),
+            order_grpc_url: grpc_url(order_grpc, config.tls.is_some()),
+            grpc_ca: config.tls_ca.clone(),
+            grpc_tls_domain: "localhost".to_owned(),
         })
         .await
         .map_err(start("gateway"))?;

@@ -335,3 +335,117 @@ async fn an_order_placed_over_grpc_is_answered_by_graphql() {
 
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn graphql_mutations_reach_the_command_services() {
+    let platform = TestPlatform::start().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/graphql", platform.addrs.gateway_http);
+    let anonymous = |query: &'static str, variables: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.post(&url)
+                .json(&json!({ "query": query, "variables": variables }))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let registered = anonymous(
+        "mutation($i: RegisterInput!) { register(input: $i) { id version } }",
+        json!({ "i": { "email": "gql@example.com", "username": "gql", "password": "a long enough password", "fullName": "Graph Q" } }),
+    )
+    .await;
+    let user_id = registered["data"]["register"]["id"]
+        .as_str()
+        .expect("registered")
+        .to_owned();
+    let login = anonymous(
+        "mutation { login(email: \"gql@example.com\", password: \"a long enough password\") { accessToken userId role } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(login["data"]["login"]["userId"], json!(user_id));
+    assert_eq!(login["data"]["login"]["role"], "CUSTOMER");
+    let token = login["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let place = "mutation($i: PlaceOrderInput!) { placeOrder(input: $i) { id version } }";
+    let invalid = graphql(
+        &http,
+        &url,
+        &token,
+        place,
+        json!({ "i": { "items": [], "currency": "EUR" } }),
+    )
+    .await;
+    assert_eq!(invalid["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    assert_eq!(
+        invalid["errors"][0]["extensions"]["details"][0]["field"],
+        "items"
+    );
+
+    let items = json!([{ "sku": "A-1", "name": "Apple", "quantity": 4, "unitPriceCents": 125 }]);
+    let placed = graphql(
+        &http,
+        &url,
+        &token,
+        place,
+        json!({ "i": { "items": items, "currency": "EUR" } }),
+    )
+    .await;
+    let order_id = placed["data"]["placeOrder"]["id"]
+        .as_str()
+        .expect("placed")
+        .to_owned();
+    assert_eq!(placed["data"]["placeOrder"]["version"], 1);
+    let wrong = graphql(
+        &http,
+        &url,
+        &token,
+        "mutation($id: ID!) { payOrder(id: $id, paymentReference: \"p\", amountCents: 1) { version } }",
+        json!({ "id": order_id }),
+    )
+    .await;
+    assert_eq!(wrong["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    let paid = graphql(
+        &http,
+        &url,
+        &token,
+        "mutation($id: ID!) { payOrder(id: $id, paymentReference: \"p\", amountCents: 500) { version } }",
+        json!({ "id": order_id }),
+    )
+    .await;
+    assert_eq!(paid["data"]["payOrder"]["version"], 2);
+    let order = eventually(DEADLINE, "the paid order in GraphQL", || async {
+        let body = graphql(
+            &http,
+            &url,
+            &token,
+            "query($id: ID!) { order(id: $id) { status totalCents } }",
+            json!({ "id": order_id }),
+        )
+        .await;
+        (body["data"]["order"]["status"] == "PAID").then_some(body["data"]["order"].clone())
+    })
+    .await;
+    assert_eq!(order["totalCents"], 500);
+    let promote = graphql(
+        &http,
+        &url,
+        &token,
+        "mutation($id: ID!) { changeUserRole(id: $id, role: ADMIN) { version } }",
+        json!({ "id": user_id }),
+    )
+    .await;
+    assert_eq!(
+        promote["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "customers cannot promote themselves"
+    );
+    platform.stop().await;
+}

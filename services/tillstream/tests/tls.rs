@@ -15,6 +15,7 @@ async fn clients_trusting_the_dev_ca_connect_and_plaintext_clients_fail_cleanly(
     let platform = TestPlatform::start_with(|config| {
         let certs = DevCertificates::ensure(&config.data_dir).expect("development certificates");
         config.tls = Some(certs.server.clone());
+        config.tls_ca = Some(certs.ca.clone());
         certificates = Some(certs);
     })
     .await;

@@ -97,6 +97,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         admin_email: Some(args.admin_email.clone()),
         admin_password: args.admin_password,
         tls: certificates.as_ref().map(|c| c.server.clone()),
+        tls_ca: certificates.as_ref().map(|c| c.ca.clone()),
     };
     let platform = Platform::build(config)
         .await
