@@ -4,6 +4,8 @@ use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use super::types::{Order, User};
@@ -44,6 +46,41 @@ fn decode_cursor(cursor: &str) -> Result<Uuid> {
         })
 }
 
+/// Longest a query waits for its `minVersion` to reach the read model.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(2);
+
+/// Reads with `load` until the row has at least `min_version` (when asked), for at most
+/// [`READ_YOUR_WRITES_WAIT`]; then says plainly that the write is not visible yet.
+async fn read_your_write<T, F, Fut>(
+    min_version: Option<i64>,
+    load: F,
+    version: impl Fn(&T) -> i64,
+) -> Result<Option<T>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let row = load().await.map_err(unavailable)?;
+        let Some(wanted) = min_version else {
+            return Ok(row);
+        };
+        if row.as_ref().is_some_and(|r| version(r) >= wanted) {
+            return Ok(row);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(coded(
+                format!("version {wanted} is not in the read model yet; retry shortly"),
+                "UNAVAILABLE",
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 #[Object]
 impl QueryRoot {
     /// The signed-in user.
@@ -57,23 +94,36 @@ impl QueryRoot {
     }
 
     /// A user by id, or null when there is none. Customers may read only themselves.
-    async fn user(&self, ctx: &Context<'_>, id: ID) -> Result<Option<User>> {
+    /// With `minVersion` (a command's answer), waits up to 2 s for the read model to have it.
+    async fn user(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        min_version: Option<i64>,
+    ) -> Result<Option<User>> {
         let caller = auth::require(ctx).await?;
         let id = parse_id(&id, "id")?;
         if !auth::may_see(&caller, id) {
             return Err(coded("customers may read only themselves", "FORBIDDEN"));
         }
         let reads = ctx.data::<Reads>()?;
-        Ok(reads.user(id).await.map_err(unavailable)?.map(User::from))
+        let user = read_your_write(min_version, || reads.user(id), |u| u.version).await?;
+        Ok(user.map(User::from))
     }
 
     /// An order by id, with its items, or null when there is none (or it is another
-    /// customer's).
-    async fn order(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Order>> {
+    /// customer's). With `minVersion` (a command's answer), waits up to 2 s for the read
+    /// model to have it.
+    async fn order(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        min_version: Option<i64>,
+    ) -> Result<Option<Order>> {
         let caller = auth::require(ctx).await?;
         let id = parse_id(&id, "id")?;
         let reads = ctx.data::<Reads>()?;
-        let order = reads.order(id).await.map_err(unavailable)?;
+        let order = read_your_write(min_version, || reads.order(id), |o| o.order.version).await?;
         Ok(order
             .filter(|o| auth::may_see(&caller, o.order.user_id))
             .map(Order::from))
