@@ -1,4 +1,5 @@
-//! Tracing set-up, done once per process. `RUST_LOG` filters (default `info`);
+//! Tracing and metrics set-up, done once per process (the Prometheus recorder is installed
+//! here so that work done while a service builds, such as the first admin, is counted). `RUST_LOG` filters (default `info`);
 //! `TILLSTREAM_LOG_FORMAT=json` switches to one JSON object per line.
 
 use std::sync::Once;
@@ -13,6 +14,7 @@ pub fn init() {
 
 /// Like [`init`] with another default filter (command-line tools log only warnings).
 pub fn init_with(default_filter: &str) {
+    crate::ops::prometheus();
     INIT.call_once(|| {
         let filter =
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
