@@ -1,6 +1,7 @@
-//! Tracing and metrics set-up, done once per process (the Prometheus recorder is installed
-//! here so that work done while a service builds, such as the first admin, is counted). `RUST_LOG` filters (default `info`);
-//! `TILLSTREAM_LOG_FORMAT=json` switches to one JSON object per line.
+//! Tracing and metrics set-up, done once per process. The Prometheus recorder is installed
+//! here, so work done while a service builds (the first admin, say) is counted.
+//! `RUST_LOG` filters (default `info`); `TILLSTREAM_LOG_FORMAT=json` switches to one JSON
+//! object per line.
 
 use std::sync::Once;
 
