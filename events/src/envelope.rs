@@ -1,6 +1,7 @@
 //! The envelope every event travels in on JetStream (`shared/API.md`, "Streams").
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -14,7 +15,7 @@ use crate::metadata::EventMetadata;
 /// events in sequence order and skip any sequence they have already applied. `position` is
 /// the event's place in the store's commit-ordered log, useful for audits; it is increasing
 /// but not gapless.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EventEnvelope {
     pub event_id: Uuid,
     pub aggregate_type: String,

@@ -13,6 +13,7 @@
 //!
 //! [`wire_payload`] and [`decode`] convert between the two.
 
+pub mod contracts;
 pub mod envelope;
 pub mod metadata;
 pub mod order;

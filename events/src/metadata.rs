@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A principal's role. Customers act only on themselves; admins on everything; services are
 /// other tillstream processes acting on behalf of the platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Customer,
@@ -50,7 +51,7 @@ impl FromStr for Role {
 
 /// Who caused an event: a user (with the role they acted in) or an anonymous caller
 /// (a self-registration has no authenticated actor yet).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Actor {
     pub id: Option<String>,
     pub role: Option<Role>,
@@ -76,7 +77,7 @@ impl Actor {
 ///
 /// cqrs-es stores metadata as a string map; [`EventMetadata::to_map`] and
 /// [`EventMetadata::from_map`] are the only places that know the keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EventMetadata {
     pub correlation_id: String,
     pub causation_id: Option<String>,

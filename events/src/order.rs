@@ -2,13 +2,14 @@
 //! currency code; never floats.
 
 use cqrs_es::DomainEvent;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Aggregate type of orders: the `aggregate_type` column and the `order` in `events.order.<id>`.
 pub const AGGREGATE_TYPE: &str = "order";
 
 /// States of an order: `PLACED → PAID → SHIPPED → DELIVERED`, `CANCELLED` from PLACED or PAID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Placed,
@@ -31,7 +32,7 @@ impl OrderStatus {
 }
 
 /// One line of an order, with its total already computed by the aggregate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderLine {
     pub sku: String,
     pub name: String,
@@ -40,7 +41,7 @@ pub struct OrderLine {
     pub line_total_cents: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Address {
     pub name: String,
     pub line1: String,
@@ -52,7 +53,7 @@ pub struct Address {
 }
 
 /// A customer placed an order. `total_cents` is the sum of the lines' totals.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     pub user_id: String,
     pub items: Vec<OrderLine>,
@@ -65,32 +66,32 @@ pub struct OrderPlaced {
 }
 
 /// The order was paid in full.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPaid {
     pub payment_reference: String,
     pub amount_cents: i64,
 }
 
 /// The order left the warehouse.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderShipped {
     pub carrier: String,
     pub tracking_number: String,
 }
 
 /// The order reached the customer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderDelivered {}
 
 /// The order was cancelled. A paid order's cancellation records the refund due (its
 /// total); an unpaid one's is 0.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCancelled {
     pub reason: String,
     pub refund_due_cents: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum OrderEvent {
     OrderPlaced(OrderPlaced),
     OrderPaid(OrderPaid),

@@ -1,6 +1,7 @@
 //! Events of the `user` aggregate.
 
 use cqrs_es::DomainEvent;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::metadata::Role;
@@ -8,7 +9,7 @@ use crate::metadata::Role;
 /// Aggregate type of users: the `aggregate_type` column and the `user` in `events.user.<id>`.
 pub const AGGREGATE_TYPE: &str = "user";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UserStatus {
     Active,
@@ -26,7 +27,7 @@ impl UserStatus {
 
 /// A person opened an account. The password never appears in an event: its hash lives in
 /// the user service's credential table, so the log can be handed to subscribers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UserRegistered {
     pub email: String,
     pub username: String,
@@ -35,13 +36,13 @@ pub struct UserRegistered {
 }
 
 /// The user changed their profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UserProfileUpdated {
     pub full_name: String,
 }
 
 /// An admin changed the user's role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UserRoleChanged {
     pub from: Role,
     pub to: Role,
@@ -49,12 +50,12 @@ pub struct UserRoleChanged {
 
 /// The account was closed (by an admin or the user). It can no longer log in, and its
 /// tokens stop working.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UserDeactivated {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum UserEvent {
     UserRegistered(UserRegistered),
     UserProfileUpdated(UserProfileUpdated),
