@@ -26,6 +26,6 @@ mod projector;
 pub mod queries;
 pub mod read_model;
 
-pub use app::{App, migrate};
+pub use app::{App, migrate, migrator};
 pub use config::Config;
 pub use projector::{ApplyOutcome, Projector, ProjectorError, RetryPolicy};

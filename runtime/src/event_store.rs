@@ -18,9 +18,31 @@ use tillstream_events::EventMetadata;
 /// service's own migrations 2xxxx; each migrator ignores the other's rows in the shared
 /// `_sqlx_migrations` table.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
+}
+
+/// The event-store migrations (for `migrate`, and for `tillstream doctor` to compare).
+pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("migrations/event_store");
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await
+    migrator
+}
+
+/// Which of `migrator`'s migrations the database of `pool` has not applied (versions).
+pub async fn missing_migrations(
+    pool: &PgPool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    Ok(migrator
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect())
 }
 
 /// Why a command did not produce events.

@@ -28,6 +28,13 @@ pub struct App {
     readiness: Readiness,
 }
 
+/// The user service's own migrations (the credentials table).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
 impl App {
     /// Creates the database if needed, applies migrations, loads (or generates) the
     /// signing keys and binds the listeners. Nothing is served until [`App::run`].
@@ -35,9 +42,7 @@ impl App {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, config.db_pool_size)?;
         event_store::migrate(&pool).await?;
-        let mut migrator = sqlx::migrate!("./migrations");
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
+        migrator().run(&pool).await?;
 
         let keys = KeyPaths::in_dir(&config.data_dir);
         keys.ensure_generated()?;

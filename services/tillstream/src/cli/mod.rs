@@ -1,5 +1,6 @@
 //! The subcommands of `tillstream`.
 
+mod doctor;
 mod events;
 mod projections;
 mod replay;
@@ -31,6 +32,8 @@ enum Command {
     /// Work with the EVENTS stream.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Check connectivity, versions, schemas, streams and clocks; say what is wrong.
+    Doctor(doctor::DoctorArgs),
     /// Operate the read-model projections.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
@@ -50,6 +53,7 @@ impl Cli {
             Command::Up(args) => up::run(*args).await,
             Command::Replay(args) => replay::run(args).await,
             Command::Events(command) => events::run(command).await,
+            Command::Doctor(args) => doctor::run(args).await,
             Command::Projections(command) => projections::run(command).await,
             Command::Token(args) => token::run(args),
         }
