@@ -29,6 +29,9 @@ pub struct DoctorArgs {
     namespace: String,
 }
 
+/// A database suffix, the schemas it must hold, and what to do when it does not.
+type DatabaseCheck = (&'static str, Vec<(&'static str, Migrator)>, &'static str);
+
 #[derive(Default)]
 struct Report {
     failures: usize,
@@ -82,7 +85,7 @@ async fn check_postgres(args: &DoctorArgs, report: &mut Report) {
         report.ok(format!("clocks agree with Postgres (within {skew_text})"));
     }
 
-    let databases: [(&str, Vec<(&str, Migrator)>, &str); 3] = [
+    let databases: [DatabaseCheck; 3] = [
         (
             "users",
             vec![
