@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tillstream_events::{Address, OrderStatus, Role};
 use tillstream_projections::queries::Reads;
+use tillstream_proto::KeyedRequest;
 use tillstream_proto::order::v1 as pb;
 use tillstream_runtime::event_store::{CommandBus, CommandError, Committed};
 use tillstream_runtime::gate::Gate;
@@ -70,10 +71,10 @@ fn unavailable(error: sqlx::Error) -> Status {
 impl OrderGrpc {
     /// Runs `command` on order `order_id` for `caller`, who must be the order's owner, an
     /// admin, or (for `staff_only` commands) an admin or a service.
-    async fn change(
+    async fn change<T: KeyedRequest>(
         &self,
         caller: &Caller,
-        context: CommandContext,
+        request: &Request<T>,
         order_id: &str,
         command: OrderCommand,
         staff_only: bool,
@@ -88,6 +89,7 @@ impl OrderGrpc {
         if !order.exists() || !caller.may_act_for(&order.user_id) {
             return Err(Status::not_found(format!("order {order_id} not found")));
         }
+        let context = CommandContext::of(request, Some(caller))?;
         let committed = self
             .commands
             .execute(
@@ -201,14 +203,8 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             payment_reference: grpc::short_text("payment_reference", &req.payment_reference, true)?,
             amount_cents: req.amount_cents,
         };
-        self.change(
-            &caller,
-            CommandContext::of(&request, Some(&caller))?,
-            &order_id,
-            command,
-            false,
-        )
-        .await
+        self.change(&caller, &request, &order_id, command, false)
+            .await
     }
 
     async fn ship_order(
@@ -222,14 +218,8 @@ impl pb::order_service_server::OrderService for OrderGrpc {
             carrier: grpc::short_text("carrier", &req.carrier, true)?,
             tracking_number: grpc::short_text("tracking_number", &req.tracking_number, true)?,
         };
-        self.change(
-            &caller,
-            CommandContext::of(&request, Some(&caller))?,
-            &order_id,
-            command,
-            true,
-        )
-        .await
+        self.change(&caller, &request, &order_id, command, true)
+            .await
     }
 
     async fn deliver_order(
@@ -239,14 +229,8 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         let caller = self.gate.caller(&request).await?;
         let req = request.get_ref();
         let order_id = grpc::uuid_field("order_id", &req.order_id)?;
-        self.change(
-            &caller,
-            CommandContext::of(&request, Some(&caller))?,
-            &order_id,
-            OrderCommand::Deliver,
-            true,
-        )
-        .await
+        self.change(&caller, &request, &order_id, OrderCommand::Deliver, true)
+            .await
     }
 
     async fn cancel_order(
@@ -259,14 +243,8 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         let command = OrderCommand::Cancel {
             reason: grpc::short_text("reason", &req.reason, false)?,
         };
-        self.change(
-            &caller,
-            CommandContext::of(&request, Some(&caller))?,
-            &order_id,
-            command,
-            false,
-        )
-        .await
+        self.change(&caller, &request, &order_id, command, false)
+            .await
     }
 
     async fn get_order(

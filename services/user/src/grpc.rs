@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tillstream_events::{Role, UserStatus};
 use tillstream_projections::queries::{Reads, UserRow};
+use tillstream_proto::KeyedRequest;
 use tillstream_proto::user::v1 as pb;
 use tillstream_runtime::event_store::{CommandBus, CommandError, Committed};
 use tillstream_runtime::gate::Gate;
@@ -73,10 +74,10 @@ fn user_from_row(row: UserRow) -> pb::User {
 impl UserGrpc {
     /// Runs `command` on user `user_id` for `caller`: their own account, or any account
     /// for admins (and, unless `admin_only`, nobody else).
-    async fn change(
+    async fn change<T: KeyedRequest>(
         &self,
         caller: &Caller,
-        context: CommandContext,
+        request: &Request<T>,
         user_id: &str,
         command: UserCommand,
         admin_only: bool,
@@ -89,6 +90,7 @@ impl UserGrpc {
                 "customers may change only their own account"
             }));
         }
+        let context = CommandContext::of(request, Some(caller))?;
         let committed = self
             .commands
             .execute(
@@ -227,14 +229,8 @@ impl pb::user_service_server::UserService for UserGrpc {
         let command = UserCommand::UpdateProfile {
             full_name: grpc::short_text("full_name", &req.full_name, true)?,
         };
-        self.change(
-            &caller,
-            CommandContext::of(&request, Some(&caller))?,
-            &user_id,
-            command,
-            false,
-        )
-        .await
+        self.change(&caller, &request, &user_id, command, false)
+            .await
     }
 
     async fn change_user_role(
@@ -247,14 +243,8 @@ impl pb::user_service_server::UserService for UserGrpc {
         let command = UserCommand::ChangeRole {
             role: role_from_proto(req.role)?,
         };
-        self.change(
-            &caller,
-            CommandContext::of(&request, Some(&caller))?,
-            &user_id,
-            command,
-            true,
-        )
-        .await
+        self.change(&caller, &request, &user_id, command, true)
+            .await
     }
 
     async fn deactivate_user(
@@ -267,14 +257,8 @@ impl pb::user_service_server::UserService for UserGrpc {
         let command = UserCommand::Deactivate {
             reason: grpc::short_text("reason", &req.reason, false)?,
         };
-        self.change(
-            &caller,
-            CommandContext::of(&request, Some(&caller))?,
-            &user_id,
-            command,
-            false,
-        )
-        .await
+        self.change(&caller, &request, &user_id, command, false)
+            .await
     }
 
     async fn list_users(
