@@ -16,7 +16,8 @@ use tillstream_projections::queries::Reads;
 
 /// Largest page `orders(first:)` returns.
 const MAX_PAGE: i32 = 100;
-const CURSOR_PREFIX: &str = "order:";
+const ORDER_CURSOR: &str = "order:";
+const USER_CURSOR: &str = "user:";
 
 pub struct QueryRoot;
 
@@ -25,19 +26,16 @@ fn parse_id(id: &ID, what: &str) -> Result<Uuid> {
         .map_err(|_| coded(format!("`{what}` must be a UUID"), "BAD_USER_INPUT"))
 }
 
-fn encode_cursor(id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{id}"))
+fn encode_cursor(kind: &str, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}{id}"))
 }
 
-fn decode_cursor(cursor: &str) -> Result<Uuid> {
+fn decode_cursor(cursor: &str, kind: &str) -> Result<Uuid> {
     URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|s| {
-            s.strip_prefix(CURSOR_PREFIX)
-                .and_then(|id| Uuid::parse_str(id).ok())
-        })
+        .and_then(|s| s.strip_prefix(kind).and_then(|id| Uuid::parse_str(id).ok()))
         .ok_or_else(|| {
             coded(
                 "`after` is not a cursor this API returned",
@@ -129,6 +127,42 @@ impl QueryRoot {
             .map(Order::from))
     }
 
+    /// Every user, newest first, as a Relay connection (admins only).
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> Result<Connection<String, User>> {
+        let caller = auth::require(ctx).await?;
+        if caller.role != Role::Admin {
+            return Err(coded("only admins may list users", "FORBIDDEN"));
+        }
+        if !(1..=MAX_PAGE).contains(&first) {
+            return Err(coded(
+                format!("`first` must be 1 to {MAX_PAGE}"),
+                "BAD_USER_INPUT",
+            ));
+        }
+        let before = after
+            .as_deref()
+            .map(|c| decode_cursor(c, USER_CURSOR))
+            .transpose()?;
+        let mut rows = ctx
+            .data::<Reads>()?
+            .users(before, i64::from(first) + 1)
+            .await
+            .map_err(unavailable)?;
+        let has_next = rows.len() > first as usize;
+        rows.truncate(first as usize);
+        let mut connection = Connection::new(before.is_some(), has_next);
+        connection.edges.extend(
+            rows.into_iter()
+                .map(|row| Edge::new(encode_cursor(USER_CURSOR, row.id), User::from(row))),
+        );
+        Ok(connection)
+    }
+
     /// Orders newest first, optionally of one user, as a Relay connection.
     async fn orders(
         &self,
@@ -159,7 +193,10 @@ impl QueryRoot {
             (Role::Customer, None) => Some(parse_id(&ID(caller.user_id.clone()), "userId")?),
             (_, user_id) => user_id,
         };
-        let before = after.as_deref().map(decode_cursor).transpose()?;
+        let before = after
+            .as_deref()
+            .map(|c| decode_cursor(c, ORDER_CURSOR))
+            .transpose()?;
         let reads = ctx.data::<Reads>()?;
         let mut rows = reads
             .orders(user_id, None, before, i64::from(first) + 1)
@@ -170,7 +207,7 @@ impl QueryRoot {
         let mut connection = Connection::new(before.is_some(), has_next);
         connection.edges.extend(
             rows.into_iter()
-                .map(|row| Edge::new(encode_cursor(row.order.id), Order::from(row))),
+                .map(|row| Edge::new(encode_cursor(ORDER_CURSOR, row.order.id), Order::from(row))),
         );
         Ok(connection)
     }
@@ -183,8 +220,14 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
         let id = Uuid::now_v7();
-        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
-        assert!(decode_cursor("not-a-cursor").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("user:x")).is_err());
+        assert_eq!(
+            decode_cursor(&encode_cursor(ORDER_CURSOR, id), ORDER_CURSOR).unwrap(),
+            id
+        );
+        assert!(decode_cursor("not-a-cursor", ORDER_CURSOR).is_err());
+        assert!(
+            decode_cursor(&encode_cursor(USER_CURSOR, id), ORDER_CURSOR).is_err(),
+            "a user cursor is not an order cursor"
+        );
     }
 }

@@ -1,0 +1,196 @@
+//! Who may do what through GraphQL: every operation × every kind of caller × own or
+//! someone else's resource, with the expected outcome.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{DEADLINE, TestPlatform};
+use tillstream_events::Role;
+use tillstream_runtime::tokens::{KeyPaths, TokenIssuer};
+use tillstream_testkit::eventually;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// `data.<field>` is a non-null answer.
+    Answer,
+    /// `data.<field>` is null (the thing is not visible to this caller).
+    Null,
+    /// The first error's `extensions.code`.
+    Code(&'static str),
+}
+use Expect::*;
+
+async fn run(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: &Value,
+) -> Value {
+    let mut request = http
+        .post(url)
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
+fn outcome(body: &Value, field: &str) -> Expect {
+    if let Some(code) = body["errors"][0]["extensions"]["code"].as_str() {
+        return Code(match code {
+            "UNAUTHENTICATED" => "UNAUTHENTICATED",
+            "FORBIDDEN" => "FORBIDDEN",
+            "NOT_FOUND" => "NOT_FOUND",
+            "BAD_USER_INPUT" => "BAD_USER_INPUT",
+            "CONFLICT" => "CONFLICT",
+            _ => "OTHER",
+        });
+    }
+    if body["data"][field].is_null() {
+        Null
+    } else {
+        Answer
+    }
+}
+
+#[tokio::test]
+async fn every_operation_for_every_kind_of_caller() {
+    let platform = TestPlatform::start().await;
+    let (alice, alice_token) = platform.customer("alice").await;
+    let (bob, bob_token) = platform.customer("bob").await;
+    let admin = platform.admin_token().await;
+    let keys = KeyPaths::in_dir(&platform.env.data_dir);
+    let service = TokenIssuer::load(&keys, Duration::from_secs(300))
+        .unwrap()
+        .issue("warehouse", Role::Service)
+        .unwrap();
+    let order = platform.order_for(&alice, &alice_token).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/graphql", platform.addrs.gateway_http);
+    // The read model has caught up before the table is checked.
+    eventually(DEADLINE, "alice's order in the read model", || async {
+        let body = run(
+            &http,
+            &url,
+            Some(&admin),
+            "query($o: ID!) { order(id: $o) { id } }",
+            &json!({ "o": order }),
+        )
+        .await;
+        (outcome(&body, "order") == Answer).then_some(())
+    })
+    .await;
+
+    let vars = json!({ "alice": alice, "bob": bob, "order": order });
+    let callers: [(&str, Option<&str>); 5] = [
+        ("anonymous", None),
+        ("alice (owner)", Some(&alice_token)),
+        ("bob (another customer)", Some(&bob_token)),
+        ("admin", Some(&admin)),
+        ("service", Some(&service)),
+    ];
+    // One row per operation: expected outcome for anonymous, alice, bob, admin, service.
+    let table: Vec<(&str, &str, [Expect; 5])> = vec![
+        (
+            "me",
+            "{ me { id } }",
+            [Code("UNAUTHENTICATED"), Answer, Answer, Answer, Null],
+        ),
+        (
+            "user",
+            "query($alice: ID!) { user(id: $alice) { id } }",
+            [
+                Code("UNAUTHENTICATED"),
+                Answer,
+                Code("FORBIDDEN"),
+                Answer,
+                Answer,
+            ],
+        ),
+        (
+            "order",
+            "query($order: ID!) { order(id: $order) { id } }",
+            [Code("UNAUTHENTICATED"), Answer, Null, Answer, Answer],
+        ),
+        (
+            "orders",
+            "query($alice: ID!) { orders(userId: $alice) { edges { node { id } } } }",
+            [
+                Code("UNAUTHENTICATED"),
+                Answer,
+                Code("FORBIDDEN"),
+                Answer,
+                Answer,
+            ],
+        ),
+        (
+            "users",
+            "{ users { edges { node { id } } } }",
+            [
+                Code("UNAUTHENTICATED"),
+                Code("FORBIDDEN"),
+                Code("FORBIDDEN"),
+                Answer,
+                Code("FORBIDDEN"),
+            ],
+        ),
+        (
+            "placeOrder",
+            "mutation($alice: ID!) { placeOrder(input: { userId: $alice, currency: \"EUR\", items: [{ sku: \"S\", name: \"n\", quantity: 1, unitPriceCents: 5 }] }) { id } }",
+            [
+                Code("UNAUTHENTICATED"),
+                Answer,
+                Code("FORBIDDEN"),
+                Answer,
+                Answer,
+            ],
+        ),
+        (
+            "changeUserRole",
+            "mutation($bob: ID!) { changeUserRole(id: $bob, role: CUSTOMER) { id } }",
+            [
+                Code("UNAUTHENTICATED"),
+                Code("FORBIDDEN"),
+                Code("FORBIDDEN"),
+                Answer,
+                Code("FORBIDDEN"),
+            ],
+        ),
+    ];
+    let mut mismatches = Vec::new();
+    for (field, query, expected) in &table {
+        for ((who, token), want) in callers.iter().zip(expected) {
+            let got = outcome(&run(&http, &url, *token, query, &vars).await, field);
+            if got != *want {
+                mismatches.push(format!("{field} as {who}: expected {want:?}, got {got:?}"));
+            }
+        }
+    }
+    // Cancelling: another customer's order does not exist for them; the owner may.
+    let cancel = "mutation($order: ID!) { cancelOrder(id: $order, reason: \"r\") { version } }";
+    for (who, token, want) in [
+        ("anonymous", None, Code("UNAUTHENTICATED")),
+        (
+            "bob (another customer)",
+            Some(bob_token.as_str()),
+            Code("NOT_FOUND"),
+        ),
+        ("alice (owner)", Some(alice_token.as_str()), Answer),
+    ] {
+        let got = outcome(&run(&http, &url, token, cancel, &vars).await, "cancelOrder");
+        if got != want {
+            mismatches.push(format!(
+                "cancelOrder as {who}: expected {want:?}, got {got:?}"
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "RBAC mismatches:\n{}",
+        mismatches.join("\n")
+    );
+    platform.stop().await;
+}
