@@ -57,13 +57,9 @@ impl Gate {
             .ok_or_else(|| {
                 Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
             })?;
-        if caller.role == Role::Service {
-            return Ok(caller);
-        }
-        match self.accounts.is_active(&caller.user_id).await {
-            Ok(Some(false)) => Err(Status::unauthenticated("the account is deactivated")),
-            // Not projected yet: a token is only issued to an existing, active account.
-            Ok(_) => Ok(caller),
+        match still_active(self.accounts.as_ref(), &caller).await {
+            Ok(true) => Ok(caller),
+            Ok(false) => Err(Status::unauthenticated("the account is deactivated")),
             Err(error) => {
                 tracing::warn!(%error, "account status unavailable");
                 Err(Status::unavailable(
@@ -72,4 +68,14 @@ impl Gate {
             }
         }
     }
+}
+
+/// Whether `caller` may still act: services always; users unless the read model says their
+/// account is deactivated (an account not projected yet counts as active: a token is only
+/// issued to an existing, active account). Shared by the gRPC gate and the gateway.
+pub async fn still_active(accounts: &dyn AccountStatus, caller: &Caller) -> Result<bool, String> {
+    if caller.role == Role::Service {
+        return Ok(true);
+    }
+    Ok(accounts.is_active(&caller.user_id).await? != Some(false))
 }

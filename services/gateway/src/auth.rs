@@ -9,11 +9,12 @@ use async_graphql::Context;
 use axum::http::HeaderMap;
 use tillstream_events::Role;
 use tillstream_projections::queries::Reads;
+use tillstream_runtime::gate::still_active;
 use tillstream_runtime::grpc::Caller;
 use tillstream_runtime::tokens::TokenVerifier;
 use uuid::Uuid;
 
-use crate::graphql::{coded, unavailable};
+use crate::graphql::coded;
 
 /// The viewer of one request, put into the GraphQL request's data by the HTTP handler.
 #[derive(Debug, Clone)]
@@ -52,20 +53,13 @@ impl Forward {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let correlation_id = headers
-            .get("x-correlation-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map(str::to_owned)
-            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        let correlation_id = tillstream_runtime::grpc::correlation_id(
+            &tonic::metadata::MetadataMap::from_headers(headers.clone()),
+        );
         Forward {
             authorization,
             correlation_id,
         }
-    }
-
-    pub fn correlation_id(&self) -> &str {
-        &self.correlation_id
     }
 
     /// `message` as a gRPC request carrying the caller's token and the correlation id.
@@ -99,16 +93,19 @@ pub async fn require(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
             return Err(coded("invalid or expired access token", "UNAUTHENTICATED"));
         }
     };
-    if caller.role != Role::Service {
-        let id = Uuid::parse_str(&caller.user_id)
-            .map_err(|_| coded("invalid access token", "UNAUTHENTICATED"))?;
-        let status = ctx
-            .data::<Reads>()?
-            .user_status(id)
-            .await
-            .map_err(unavailable)?;
-        if status.as_deref() == Some("DEACTIVATED") {
-            return Err(coded("the account is deactivated", "UNAUTHENTICATED"));
+    if caller.role != Role::Service && Uuid::parse_str(&caller.user_id).is_err() {
+        return Err(coded("invalid access token", "UNAUTHENTICATED"));
+    }
+    let reads: &Reads = ctx.data::<Reads>()?;
+    match still_active(reads, &caller).await {
+        Ok(true) => {}
+        Ok(false) => return Err(coded("the account is deactivated", "UNAUTHENTICATED")),
+        Err(error) => {
+            tracing::warn!(%error, "account status unavailable");
+            return Err(coded(
+                "the read models are unavailable; retry",
+                "UNAVAILABLE",
+            ));
         }
     }
     Ok(caller)

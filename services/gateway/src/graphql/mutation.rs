@@ -100,20 +100,21 @@ fn from_status(status: tonic::Status) -> async_graphql::Error {
     })
 }
 
+fn result(id: String, version: u64) -> CommandResult {
+    CommandResult {
+        id: ID(id),
+        version: version as i64,
+    }
+}
+
 fn reply(reply: tonic::Response<order_pb::CommandReply>) -> CommandResult {
     let reply = reply.into_inner();
-    CommandResult {
-        id: ID(reply.id),
-        version: reply.version as i64,
-    }
+    result(reply.id, reply.version)
 }
 
 fn user_reply(reply: tonic::Response<user_pb::CommandReply>) -> CommandResult {
     let reply = reply.into_inner();
-    CommandResult {
-        id: ID(reply.id),
-        version: reply.version as i64,
-    }
+    result(reply.id, reply.version)
 }
 
 #[Object]
