@@ -10,7 +10,7 @@ use tillstream::{Platform, PlatformConfig};
 use tillstream_proto::order::v1::{self as order_pb, order_service_client::OrderServiceClient};
 use tillstream_proto::user::v1::{self as user_pb, user_service_client::UserServiceClient};
 use tillstream_runtime::Shutdown;
-use tillstream_testkit::{TestEnv, nats_url, postgres_url};
+use tillstream_testkit::{TestEnv, eventually, nats_url, postgres_url};
 use tonic::Request;
 use tonic::transport::Channel;
 
@@ -102,7 +102,10 @@ impl TestPlatform {
             .access_token
     }
 
-    /// Registers a customer and logs in: (user id, token).
+    /// Registers a customer, logs in, and waits until the read model knows the customer
+    /// (PlaceOrder checks the customer there, with only a short grace period; several
+    /// platforms starting at once on two cores can take longer than that to catch up):
+    /// (user id, token).
     pub async fn customer(&self, name: &str) -> (String, String) {
         let email = format!("{name}@example.com");
         let id = self
@@ -113,6 +116,17 @@ impl TestPlatform {
             .expect("registration succeeds")
             .into_inner()
             .id;
+        let reads = self.env.connect("reads");
+        let uuid = uuid::Uuid::parse_str(&id).expect("user ids are UUIDs");
+        eventually(DEADLINE, "the new customer in the read model", || async {
+            let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
+                .bind(uuid)
+                .fetch_optional(&reads)
+                .await
+                .expect("read model answers");
+            known.map(|_| ())
+        })
+        .await;
         (id, self.login(&email, PASSWORD).await)
     }
 
