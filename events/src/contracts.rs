@@ -93,10 +93,35 @@ fn asyncapi(events: &[EventContract]) -> Value {
             "subscribe": { "message": { "contentType": "application/json", "payload": { "$ref": "events/envelope.schema.json" } } }
         }),
     );
+    for (channel, description, schema) in [
+        (
+            "metrics.requests.{service}",
+            "One message per request a service answered (stream METRICS, kept 24 h). Best effort: producers drop rather than slow a request.",
+            "metrics/RequestMetric.schema.json",
+        ),
+        (
+            "metrics.resources.{service}",
+            "A process's CPU and memory every few seconds (stream METRICS, kept 24 h).",
+            "metrics/ResourceSample.schema.json",
+        ),
+        (
+            "autoscale.decisions",
+            "The predictor's scaling decisions (stream AUTOSCALE).",
+            "autoscale/ScalingDecision.schema.json",
+        ),
+    ] {
+        channels.insert(
+            channel.to_owned(),
+            json!({
+                "description": description,
+                "subscribe": { "message": { "contentType": "application/json", "payload": { "$ref": schema } } }
+            }),
+        );
+    }
     json!({
         "asyncapi": "2.6.0",
         "info": {
-            "title": "tillstream event streams",
+            "title": "tillstream streams",
             "version": "1.0.0",
             "description": "Generated from the Rust types in events/ (contracts.rs); do not edit by hand."
         },
@@ -126,6 +151,25 @@ pub fn files() -> Vec<(String, String)> {
         files.push((
             format!("events/{}.schema.json", event.name),
             pretty(&schema),
+        ));
+    }
+    for (path, schema) in [
+        (
+            "metrics/RequestMetric.schema.json",
+            schema_for!(crate::RequestMetric),
+        ),
+        (
+            "metrics/ResourceSample.schema.json",
+            schema_for!(crate::ResourceSample),
+        ),
+        (
+            "autoscale/ScalingDecision.schema.json",
+            schema_for!(crate::ScalingDecision),
+        ),
+    ] {
+        files.push((
+            path.to_owned(),
+            pretty(&serde_json::to_value(schema).unwrap_or(Value::Null)),
         ));
     }
     files.push(("asyncapi.json".to_owned(), pretty(&asyncapi(&events))));

@@ -16,12 +16,14 @@
 pub mod contracts;
 pub mod envelope;
 pub mod metadata;
+pub mod metrics;
 pub mod order;
 pub mod subject;
 pub mod user;
 
 pub use envelope::{EventEnvelope, decode, wire_payload};
 pub use metadata::{Actor, EventMetadata, Role};
+pub use metrics::{RequestMetric, ResourceSample, ScalingDecision, ScalingDirection};
 pub use order::{
     Address, OrderCancelled, OrderDelivered, OrderEvent, OrderLine, OrderPaid, OrderPlaced,
     OrderShipped, OrderStatus,

@@ -73,6 +73,26 @@ impl Namespace {
         self.subject(&format!("events.dlq.{aggregate_type}.{aggregate_id}"))
     }
 
+    /// `metrics.requests.<service>`: one [`crate::RequestMetric`] per request served.
+    pub fn request_metrics_subject(&self, service: &str) -> String {
+        self.subject(&format!("metrics.requests.{service}"))
+    }
+
+    /// `metrics.resources.<service>`: a [`crate::ResourceSample`] every few seconds.
+    pub fn resource_metrics_subject(&self, service: &str) -> String {
+        self.subject(&format!("metrics.resources.{service}"))
+    }
+
+    /// `metrics.>`: everything on the METRICS stream.
+    pub fn metrics_wildcard(&self) -> String {
+        self.subject("metrics.>")
+    }
+
+    /// `autoscale.decisions`: the predictor's [`crate::ScalingDecision`]s.
+    pub fn autoscale_decisions_subject(&self) -> String {
+        self.subject("autoscale.decisions")
+    }
+
     /// The name of a durable consumer, unique per namespace.
     pub fn consumer(&self, name: &str) -> String {
         if self.prefix.is_empty() {
@@ -93,6 +113,11 @@ mod tests {
         assert_eq!(ns.events_stream(), "EVENTS");
         assert_eq!(ns.event_subject("order", "42"), "events.order.42");
         assert_eq!(ns.events_wildcard(), "events.>");
+        assert_eq!(
+            ns.request_metrics_subject("gateway"),
+            "metrics.requests.gateway"
+        );
+        assert_eq!(ns.autoscale_decisions_subject(), "autoscale.decisions");
     }
 
     #[test]
