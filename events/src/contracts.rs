@@ -23,7 +23,7 @@ fn contract<T: JsonSchema>(aggregate: &'static str, name: &'static str) -> Event
     EventContract {
         aggregate,
         name,
-        version: "1",
+        version: crate::upcast::current_version(name),
         schema: serde_json::to_value(schema_for!(T)).unwrap_or(Value::Null),
     }
 }

@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod order;
 pub mod subject;
+pub mod upcast;
 pub mod user;
 
 pub use envelope::{EventEnvelope, decode, wire_payload};

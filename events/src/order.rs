@@ -113,6 +113,6 @@ impl DomainEvent for OrderEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::upcast::current_version(&self.event_type()).to_owned()
     }
 }

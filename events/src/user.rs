@@ -75,6 +75,6 @@ impl DomainEvent for UserEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::upcast::current_version(&self.event_type()).to_owned()
     }
 }

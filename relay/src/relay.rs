@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tillstream_events::envelope::event_id;
-use tillstream_events::{EventEnvelope, EventMetadata, Namespace, wire_payload};
+use tillstream_events::{EventEnvelope, EventMetadata, Namespace, upcast, wire_payload};
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::ensure_streams;
 use tillstream_runtime::retry::Backoff;
@@ -47,8 +47,12 @@ struct StoredEvent {
 }
 
 impl StoredEvent {
-    fn into_envelope(self) -> EventEnvelope {
+    /// The envelope subscribers see: outdated payloads are upcast first, so the stream
+    /// only ever carries current event versions.
+    fn into_envelope(mut self) -> EventEnvelope {
         let sequence = u64::try_from(self.sequence).unwrap_or(0);
+        self.event_version =
+            upcast::upcast_stored(&self.event_type, &self.event_version, &mut self.payload);
         EventEnvelope {
             event_id: event_id(
                 &self.aggregate_type,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::PgPool;
-use tillstream_events::{EventMetadata, wire_payload};
+use tillstream_events::{EventMetadata, upcast, wire_payload};
 
 /// How far to replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,7 +73,9 @@ pub async fn history<A: Aggregate>(
     .await?;
     let mut aggregate = A::default();
     let mut steps = Vec::with_capacity(rows.len());
-    for (sequence, event_type, event_version, payload, metadata, recorded_at) in rows {
+    for (sequence, event_type, event_version, mut payload, metadata, recorded_at) in rows {
+        // The step shows the event as it is read today (upcast), with the version stored.
+        upcast::upcast_stored(&event_type, &event_version, &mut payload);
         let event: A::Event =
             serde_json::from_value(payload.clone()).map_err(|source| AuditError::Decode {
                 aggregate: format!("{}:{id}", A::TYPE),

@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use futures::future::BoxFuture;
 use postgres_es::PostgresEventRepository;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
-use tillstream_events::EventMetadata;
+use tillstream_events::{EventMetadata, upcast};
 
 /// Applies the event-store schema. Event-store migrations are numbered 1xxxx and a
 /// service's own migrations 2xxxx; each migrator ignores the other's rows in the shared
@@ -112,6 +112,22 @@ pub struct Committed {
     pub replayed: bool,
 }
 
+/// Reads outdated events through [`tillstream_events::upcast`] when cqrs-es loads an
+/// aggregate.
+struct StoreUpcaster;
+
+impl cqrs_es::persist::EventUpcaster for StoreUpcaster {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        upcast::is_outdated(event_type, event_version)
+    }
+
+    fn upcast(&self, mut event: SerializedEvent) -> SerializedEvent {
+        event.event_version =
+            upcast::upcast_stored(&event.event_type, &event.event_version, &mut event.payload);
+        event
+    }
+}
+
 /// Executes commands of aggregate `A` against the Postgres event store.
 ///
 /// Loading goes through postgres-es (and so through cqrs-es's upcasters); committing is
@@ -131,7 +147,8 @@ impl<A: Aggregate> CommandBus<A> {
         let repo = PostgresEventRepository::new(pool.clone());
         Arc::new(CommandBus {
             pool,
-            store: PersistedEventStore::new_event_store(repo),
+            store: PersistedEventStore::new_event_store(repo)
+                .with_upcasters(vec![Box::new(StoreUpcaster)]),
             services,
         })
     }

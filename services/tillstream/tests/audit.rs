@@ -3,12 +3,14 @@
 mod support;
 
 use futures::StreamExt;
+use serde_json::json;
 use support::{DEADLINE, TestPlatform, authorized};
 use tillstream::tail::{self, Start};
+use tillstream_events::{Actor, EventEnvelope, EventMetadata, Role};
 use tillstream_order::domain::Order;
 use tillstream_proto::order::v1 as order_pb;
 use tillstream_runtime::audit::{self, AsOf};
-use tillstream_testkit::nats_url;
+use tillstream_testkit::{eventually, nats_url};
 
 #[tokio::test]
 async fn an_order_can_be_replayed_as_of_any_version_or_time_and_tailed() {
@@ -83,5 +85,92 @@ async fn an_order_can_be_replayed_as_of_any_version_or_time_and_tailed() {
     .await
     .expect("three events within the deadline");
     assert_eq!(seen, vec![1, 2, 3]);
+    platform.stop().await;
+}
+
+/// An `OrderPlaced` written before orders had a currency (event version 1) is read as
+/// version 2 in euros everywhere: the order service can still load and change the order,
+/// the relay publishes it upcast, the read model shows it, and the audit replay decodes it.
+#[tokio::test]
+async fn an_order_stored_as_version_1_is_read_everywhere_as_version_2() {
+    let platform = TestPlatform::start().await;
+    let (user_id, token) = platform.customer("legacy").await;
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let metadata = EventMetadata::new(
+        "legacy-import",
+        Actor::user(user_id.clone(), Role::Customer),
+    );
+    let orders_db = platform.env.connect("orders");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('order', $1, 1, 'OrderPlaced', '1', $2, $3)",
+    )
+    .bind(&order_id)
+    .bind(json!({"OrderPlaced": {
+        "user_id": user_id,
+        "items": [{"sku": "OLD-1", "name": "From the old shop", "quantity": 1, "unit_price_cents": 990, "line_total_cents": 990}],
+        "total_cents": 990
+    }}))
+    .bind(json!(metadata.to_map()))
+    .execute(&orders_db)
+    .await
+    .unwrap();
+
+    let pay = order_pb::PayOrderRequest {
+        order_id: order_id.clone(),
+        payment_reference: "psp-legacy".into(),
+        amount_cents: 990,
+        idempotency_key: String::new(),
+    };
+    let paid = platform
+        .orders()
+        .await
+        .pay_order(authorized(pay, &token))
+        .await
+        .expect("a version 1 order loads through the upcaster and can be paid")
+        .into_inner();
+    assert_eq!(paid.version, 2);
+
+    let reads = platform.env.connect("reads");
+    let id = uuid::Uuid::parse_str(&order_id).unwrap();
+    let (status, currency): (String, String) = eventually(
+        DEADLINE,
+        "the legacy order paid in the read model",
+        || async {
+            sqlx::query_as("SELECT status, currency FROM orders WHERE id = $1 AND version = 2")
+                .bind(id)
+                .fetch_optional(&reads)
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    assert_eq!((status.as_str(), currency.as_str()), ("PAID", "EUR"));
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let stream = js
+        .get_stream(platform.env.namespace.events_stream())
+        .await
+        .unwrap();
+    let first = stream
+        .get_first_raw_message_by_subject(
+            platform.env.namespace.event_subject("order", &order_id),
+            1,
+        )
+        .await
+        .unwrap();
+    let published: EventEnvelope = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(published.event_version, "2");
+    assert_eq!(published.payload["currency"], "EUR");
+
+    let history = audit::history::<Order>(&orders_db, &order_id, AsOf::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        history[0].event_version, "1",
+        "the store is never rewritten"
+    );
+    assert_eq!(history[0].state["currency"], "EUR");
+    assert_eq!(history[1].event_type, "OrderPaid");
     platform.stop().await;
 }
