@@ -17,7 +17,9 @@
 //! counted, and the consumer moves on. `tillstream projections dead-letters` lists them
 //! and re-drives them once the cause is fixed ([`dead_letters`]).
 //!
-//! Read models: `users`, `orders`, `order_items` ([`read_model`]).
+//! Read models: `users`, `orders`, `order_items`, `order_history`, `user_order_stats`
+//! ([`read_model`]). They can be rebuilt from the start of the log at any time, blue-green,
+//! while the live ones keep serving ([`rebuild`]).
 
 pub mod app;
 mod config;
@@ -25,6 +27,7 @@ pub mod dead_letters;
 mod projector;
 pub mod queries;
 pub mod read_model;
+pub mod rebuild;
 
 pub use app::{App, migrate, migrator};
 pub use config::Config;

@@ -353,7 +353,7 @@ impl Projector {
 
 /// Applies `event` inside `tx`, under a savepoint: anything but [`ApplyOutcome::Applied`]
 /// leaves `tx` as it was, so the other events of a batch are unaffected.
-async fn apply_in(
+pub(crate) async fn apply_in(
     tx: &mut Transaction<'_, Postgres>,
     event: &EventEnvelope,
 ) -> Result<ApplyOutcome, ApplyError> {

@@ -6,9 +6,12 @@
 //! - [`eventually`] awaits a condition with a deadline; tests never sleep a guess.
 //! - [`CuttableProxy`] forwards TCP to a server and can cut the link, to make NATS (or
 //!   Postgres) unreachable for one component without stopping the shared server.
+//! - [`workload`] makes a synthetic log of customers and orders and publishes it.
 //!
 //! `TILLSTREAM_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! `TILLSTREAM_TEST_NATS_URL` (default `nats://127.0.0.1:4222`) point at the servers.
+
+pub mod workload;
 
 use std::future::Future;
 use std::net::SocketAddr;
