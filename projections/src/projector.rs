@@ -182,6 +182,15 @@ impl Projector {
         }
         metrics::histogram!("tillstream_projection_batch_size", "projection" => PROJECTION)
             .record(messages.len() as f64);
+        // JetStream tells each delivery how many messages wait behind it: the lag in events.
+        if let Some(pending) = messages
+            .last()
+            .and_then(|m| m.info().ok())
+            .map(|i| i.pending)
+        {
+            metrics::gauge!("tillstream_projection_lag_events", "projection" => PROJECTION)
+                .set(pending as f64);
+        }
         let mut decoded = Vec::with_capacity(messages.len());
         for message in messages {
             match serde_json::from_slice::<EventEnvelope>(&message.payload) {

@@ -36,6 +36,21 @@ async fn checksums(pool: &PgPool) -> Vec<(String, String)> {
     out
 }
 
+/// The indexes and constraints of the read-model tables, as Postgres would recreate them.
+async fn structure(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' \
+         UNION ALL SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) \
+           FROM pg_constraint WHERE connamespace = 'public'::regnamespace \
+         UNION ALL SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '') \
+           FROM information_schema.columns WHERE table_schema = 'public' \
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 /// Waits until the read models hold `events` events (the checkpoints' sequences add up).
 async fn applied(pool: &PgPool, events: usize) {
     eventually(DEADLINE, "every event applied", || async {
@@ -82,6 +97,8 @@ async fn a_rebuild_replaces_the_read_models_with_the_fold_of_the_log_while_the_p
         .await
         .unwrap();
 
+    let shape = structure(&live).await;
+
     // Events keep arriving while the rebuild runs.
     let publishing = {
         let (js, namespace, rest) = (js.clone(), env.namespace.clone(), second.to_vec());
@@ -105,6 +122,11 @@ async fn a_rebuild_replaces_the_read_models_with_the_fold_of_the_log_while_the_p
         applier.apply(event).await.unwrap();
     }
     assert_eq!(checksums(&live).await, checksums(&reference).await);
+    assert_eq!(
+        structure(&live).await,
+        shape,
+        "same columns, constraints and indexes"
+    );
     let drifted: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE order_count = 999")
         .fetch_one(&live)
         .await

@@ -12,10 +12,11 @@ use tillstream_testkit::{CuttableProxy, TestEnv, eventually, nats_url};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Inserts an event row the way postgres-es does (it does not name the relay's columns).
+/// At the current version of `OrderPlaced`, so the relay passes the payload through as it is.
 async fn insert_event(executor: impl sqlx::PgExecutor<'_>, aggregate_id: &str, sequence: i64) {
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         VALUES ('order', $1, $2, 'OrderPlaced', '1', $3, $4)",
+         VALUES ('order', $1, $2, 'OrderPlaced', '2', $3, $4)",
     )
     .bind(aggregate_id)
     .bind(sequence)

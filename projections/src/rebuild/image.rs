@@ -1,25 +1,95 @@
 //! The read models folded in memory, for a rebuild from the start of the log.
 //!
 //! Applying a million events one SQL statement at a time is bound by round trips; folding
-//! them in memory and writing each table once with a few large `INSERT … SELECT FROM
-//! UNNEST(…)` statements is bound by Postgres's bulk write speed instead. The fold here
+//! them in memory and writing each table once with `COPY` (several tables at once) is
+//! bound by Postgres's bulk write speed instead. The fold here
 //! must give exactly what [`crate::read_model::apply`] gives event by event: the rebuild
 //! test compares both, table by table.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sqlx::PgConnection;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sqlx::PgPool;
 use tillstream_events::{
-    EventEnvelope, OrderEvent, OrderStatus, UserEvent, UserStatus, order, user,
+    EventMetadata, OrderEvent, OrderStatus, UserEvent, UserStatus, order, user,
 };
 use uuid::Uuid;
 
 use crate::read_model::{ApplyError, PROJECTION};
 
-/// Rows per bulk insert statement.
+/// Rows per `COPY` message.
 const CHUNK: usize = 10_000;
+
+/// One stream message decoded for folding. Decoding is most of a rebuild's CPU, so it is
+/// done apart from the fold (on other threads, in order).
+pub struct Decoded {
+    head: Head,
+    typed: Result<Typed, ApplyError>,
+}
+
+/// Everything of an event but its typed payload.
+struct Head {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: u64,
+    event_type: String,
+    occurred_at: DateTime<Utc>,
+    metadata: EventMetadata,
+    /// The payload as it came, for `order_history.payload`.
+    payload: String,
+}
+
+enum Typed {
+    User(UserEvent),
+    Order(OrderEvent),
+}
+
+/// The envelope with its payload left undecoded. It requires the same fields as
+/// [`tillstream_events::EventEnvelope`], so a message the projector could not read fails here too.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct RawEnvelope<'a> {
+    event_id: Uuid,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: u64,
+    position: i64,
+    event_type: String,
+    event_version: String,
+    occurred_at: DateTime<Utc>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    metadata: EventMetadata,
+}
+
+/// Decodes a stream message (a [`tillstream_events::EventEnvelope`]) and its payload.
+pub fn decode(message: &[u8]) -> Result<Decoded, ApplyError> {
+    let raw: RawEnvelope = serde_json::from_slice(message)?;
+    let tagged = || format!("{{\"{}\":{}}}", raw.event_type, raw.payload.get());
+    let typed = match raw.aggregate_type.as_str() {
+        user::AGGREGATE_TYPE => serde_json::from_str(&tagged())
+            .map(Typed::User)
+            .map_err(ApplyError::from),
+        order::AGGREGATE_TYPE => serde_json::from_str(&tagged())
+            .map(Typed::Order)
+            .map_err(ApplyError::from),
+        other => Err(ApplyError::UnknownAggregate(other.to_owned())),
+    };
+    Ok(Decoded {
+        head: Head {
+            payload: raw.payload.get().to_owned(),
+            aggregate_type: raw.aggregate_type,
+            aggregate_id: raw.aggregate_id,
+            sequence: raw.sequence,
+            event_type: raw.event_type,
+            occurred_at: raw.occurred_at,
+            metadata: raw.metadata,
+        },
+        typed,
+    })
+}
 
 /// What folding one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +144,8 @@ struct HistoryRow {
     actor_role: Option<&'static str>,
     correlation_id: String,
     occurred_at: DateTime<Utc>,
-    payload: Value,
+    /// JSON text; Postgres normalises it into `jsonb`.
+    payload: String,
 }
 
 #[derive(Default)]
@@ -106,7 +177,8 @@ fn uuid(raw: &str) -> Result<Uuid, ApplyError> {
 impl Image {
     /// Folds one event in, with the projector's exactly-once rule on the aggregate's
     /// sequence. An error leaves the image as it was.
-    pub fn fold(&mut self, event: &EventEnvelope) -> Result<Folded, ApplyError> {
+    pub fn fold(&mut self, event: Decoded) -> Result<Folded, ApplyError> {
+        let Decoded { head: event, typed } = event;
         let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
         let current = self.checkpoints.get(&key).copied().unwrap_or(0);
         let sequence = event.sequence as i64;
@@ -118,16 +190,15 @@ impl Image {
                 expected: current as u64 + 1,
             });
         }
-        match event.aggregate_type.as_str() {
-            user::AGGREGATE_TYPE => self.fold_user(event, event.decode()?)?,
-            order::AGGREGATE_TYPE => self.fold_order(event, event.decode()?)?,
-            other => return Err(ApplyError::UnknownAggregate(other.to_owned())),
+        match typed? {
+            Typed::User(payload) => self.fold_user(&event, payload)?,
+            Typed::Order(payload) => self.fold_order(event, payload)?,
         }
         self.checkpoints.insert(key, sequence);
         Ok(Folded::Applied)
     }
 
-    fn fold_user(&mut self, event: &EventEnvelope, payload: UserEvent) -> Result<(), ApplyError> {
+    fn fold_user(&mut self, event: &Head, payload: UserEvent) -> Result<(), ApplyError> {
         let id = uuid(&event.aggregate_id)?;
         let version = event.sequence as i64;
         if let UserEvent::UserRegistered(e) = payload {
@@ -170,7 +241,7 @@ impl Image {
         Ok(())
     }
 
-    fn fold_order(&mut self, event: &EventEnvelope, payload: OrderEvent) -> Result<(), ApplyError> {
+    fn fold_order(&mut self, event: Head, payload: OrderEvent) -> Result<(), ApplyError> {
         let id = uuid(&event.aggregate_id)?;
         let version = event.sequence as i64;
         let user_id = match &payload {
@@ -188,15 +259,16 @@ impl Image {
                 None => return Err(ApplyError::Database(sqlx::Error::RowNotFound)),
             },
         };
+        let occurred_at = event.occurred_at;
         self.history.push(HistoryRow {
             order_id: id,
             sequence: version,
-            event_type: event.event_type.clone(),
-            actor_id: event.metadata.actor.id.clone(),
+            event_type: event.event_type,
+            actor_id: event.metadata.actor.id,
             actor_role: event.metadata.actor.role.map(|r| r.as_str()),
-            correlation_id: event.metadata.correlation_id.clone(),
+            correlation_id: event.metadata.correlation_id,
             occurred_at: event.occurred_at,
-            payload: event.payload.clone(),
+            payload: event.payload,
         });
         let mut stats = StatsRow::default();
         let status_change =
@@ -204,7 +276,7 @@ impl Image {
                 if let Some(order) = orders.get_mut(&id) {
                     order.status = status.as_str();
                     order.refund_due_cents = refund;
-                    order.updated_at = event.occurred_at;
+                    order.updated_at = occurred_at;
                     order.version = version;
                 }
             };
@@ -228,14 +300,14 @@ impl Image {
                         status: OrderStatus::Placed.as_str(),
                         total_cents: e.total_cents,
                         currency: e.currency,
-                        created_at: event.occurred_at,
-                        updated_at: event.occurred_at,
+                        created_at: occurred_at,
+                        updated_at: occurred_at,
                         version,
                         refund_due_cents: 0,
                     },
                 );
                 stats.placed = 1;
-                stats.last_order_at = Some(event.occurred_at);
+                stats.last_order_at = Some(occurred_at);
             }
             OrderEvent::OrderPaid(e) => {
                 status_change(OrderStatus::Paid, 0, &mut self.orders);
@@ -282,126 +354,180 @@ impl Image {
             + self.checkpoints.len()
     }
 
-    /// Writes every table with bulk inserts into the tables `conn`'s search path names
-    /// (the shadow schema). `written` is told how many rows each statement wrote.
+    /// Writes every table into `schema` (the shadow) with `COPY`, several tables at once on
+    /// separate connections. `written` is told how many rows each chunk wrote.
     pub async fn write(
         self,
-        conn: &mut PgConnection,
+        pool: &PgPool,
+        schema: &str,
         written: &(dyn Fn(u64) + Sync),
     ) -> Result<(), sqlx::Error> {
-        let users: Vec<_> = self.users.into_iter().collect();
-        for chunk in users.chunks(CHUNK) {
-            sqlx::query(
-                "INSERT INTO users (id, email, username, full_name, role, status, created_at, updated_at, version, \
-                     order_count, total_spent_cents) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bigint[], $11::bigint[])",
+        let Image {
+            users,
+            orders,
+            items,
+            history,
+            stats,
+            checkpoints,
+        } = self;
+        let users = async {
+            copy(pool, schema, "users (id, email, username, full_name, role, status, created_at, updated_at, version, order_count, total_spent_cents)", users.iter(), written, |row, (id, u)| {
+                row.uuid(id).text(&u.email).text(&u.username).text(&u.full_name).text(&u.role).text(&u.status)
+                    .time(u.created_at).time(u.updated_at).int(u.version).int(u.order_count).int(u.total_spent_cents);
+            }).await?;
+            copy(pool, schema, "user_order_stats (user_id, orders_placed, orders_paid, orders_delivered, orders_cancelled, total_spent_cents, refunds_due_cents, last_order_at)", stats.iter(), written, |row, (id, s)| {
+                row.uuid(id).int(s.placed).int(s.paid).int(s.delivered).int(s.cancelled).int(s.spent_cents).int(s.refunds_cents).opt_time(s.last_order_at);
+            }).await
+        };
+        let orders = async {
+            copy(pool, schema, "orders (id, user_id, status, total_cents, currency, created_at, updated_at, version, refund_due_cents)", orders.iter(), written, |row, (id, o)| {
+                row.uuid(id).uuid(&o.user_id).text(o.status).int(o.total_cents).text(&o.currency)
+                    .time(o.created_at).time(o.updated_at).int(o.version).int(o.refund_due_cents);
+            }).await?;
+            copy(
+                pool,
+                schema,
+                "projection_checkpoints (projection, aggregate_type, aggregate_id, sequence)",
+                checkpoints.iter(),
+                written,
+                |row, ((t, id), seq)| {
+                    row.text(PROJECTION).text(t).text(id).int(*seq);
+                },
             )
-            .bind(chunk.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.email.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.username.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.full_name.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.role.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.status.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.created_at).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.updated_at).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.version).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.order_count).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, u)| u.total_spent_cents).collect::<Vec<_>>())
-            .execute(&mut *conn)
             .await?;
-            written(chunk.len() as u64);
-        }
-        let orders: Vec<_> = self.orders.into_iter().collect();
-        for chunk in orders.chunks(CHUNK) {
-            sqlx::query(
-                "INSERT INTO orders (id, user_id, status, total_cents, currency, created_at, updated_at, version, \
-                     refund_due_cents) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], \
-                     $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::bigint[])",
-            )
-            .bind(chunk.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, o)| o.user_id).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, o)| o.status).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, o)| o.total_cents).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, o)| o.currency.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, o)| o.created_at).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, o)| o.updated_at).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, o)| o.version).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, o)| o.refund_due_cents).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-            written(chunk.len() as u64);
-        }
-        for chunk in self.items.chunks(CHUNK) {
-            sqlx::query(
-                "INSERT INTO order_items (order_id, line_no, sku, name, quantity, unit_price_cents, line_total_cents) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[])",
-            )
-            .bind(chunk.iter().map(|i| i.order_id).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|i| i.line_no).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|i| i.sku.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|i| i.name.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|i| i.quantity).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|i| i.unit_price_cents).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|i| i.line_total_cents).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-            written(chunk.len() as u64);
-        }
-        for chunk in self.history.chunks(CHUNK) {
-            sqlx::query(
-                "INSERT INTO order_history (order_id, sequence, event_type, actor_id, actor_role, correlation_id, \
-                     occurred_at, payload) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::timestamptz[], $8::jsonb[])",
-            )
-            .bind(chunk.iter().map(|h| h.order_id).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|h| h.sequence).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|h| h.event_type.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|h| h.actor_id.as_deref()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|h| h.actor_role).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|h| h.correlation_id.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|h| h.occurred_at).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|h| &h.payload).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-            written(chunk.len() as u64);
-        }
-        let stats: Vec<_> = self.stats.into_iter().collect();
-        for chunk in stats.chunks(CHUNK) {
-            sqlx::query(
-                "INSERT INTO user_order_stats (user_id, orders_placed, orders_paid, orders_delivered, orders_cancelled, \
-                     total_spent_cents, refunds_due_cents, last_order_at) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                     $6::bigint[], $7::bigint[], $8::timestamptz[])",
-            )
-            .bind(chunk.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, s)| s.placed).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, s)| s.paid).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, s)| s.delivered).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, s)| s.cancelled).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, s)| s.spent_cents).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, s)| s.refunds_cents).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, s)| s.last_order_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-            written(chunk.len() as u64);
-        }
-        let checkpoints: Vec<_> = self.checkpoints.into_iter().collect();
-        for chunk in checkpoints.chunks(CHUNK) {
-            sqlx::query(
-                "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence) \
-                 SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[])",
-            )
-            .bind(PROJECTION)
-            .bind(chunk.iter().map(|((t, _), _)| t.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|((_, id), _)| id.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|(_, s)| *s).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-            written(chunk.len() as u64);
-        }
+            copy(pool, schema, "order_items (order_id, line_no, sku, name, quantity, unit_price_cents, line_total_cents)", items.iter(), written, |row, i| {
+                row.uuid(&i.order_id).int(i64::from(i.line_no)).text(&i.sku).text(&i.name).int(i64::from(i.quantity))
+                    .int(i.unit_price_cents).int(i.line_total_cents);
+            }).await
+        };
+        let history = copy(
+            pool,
+            schema,
+            "order_history (order_id, sequence, event_type, actor_id, actor_role, correlation_id, occurred_at, payload)",
+            history.iter(),
+            written,
+            |row, h| {
+                row.uuid(&h.order_id)
+                    .int(h.sequence)
+                    .text(&h.event_type)
+                    .opt_text(h.actor_id.as_deref())
+                    .opt_text(h.actor_role)
+                    .text(&h.correlation_id)
+                    .time(h.occurred_at)
+                    .text(&h.payload);
+            },
+        );
+        futures::try_join!(users, orders, history)?;
         Ok(())
+    }
+}
+
+/// Sends `rows` to `COPY <schema>.<table> FROM STDIN` in text format, in chunks.
+async fn copy<T>(
+    pool: &PgPool,
+    schema: &str,
+    table: &str,
+    rows: impl Iterator<Item = T>,
+    written: &(dyn Fn(u64) + Sync),
+    encode: impl Fn(&mut CopyRow, T),
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {schema}.{table} FROM STDIN"))
+        .await?;
+    let mut row = CopyRow::default();
+    let mut in_chunk = 0u64;
+    for item in rows {
+        encode(&mut row, item);
+        row.end();
+        in_chunk += 1;
+        if in_chunk as usize == CHUNK {
+            copy.send(std::mem::take(&mut row.buffer).into_bytes())
+                .await?;
+            written(in_chunk);
+            in_chunk = 0;
+        }
+    }
+    if in_chunk > 0 {
+        copy.send(row.buffer.into_bytes()).await?;
+        written(in_chunk);
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+/// Rows in `COPY`'s text format: tab-separated, `\N` for NULL, backslash escapes.
+#[derive(Default)]
+struct CopyRow {
+    buffer: String,
+    fields: usize,
+}
+
+impl CopyRow {
+    fn field(&mut self) -> &mut String {
+        if self.fields > 0 {
+            self.buffer.push('\t');
+        }
+        self.fields += 1;
+        &mut self.buffer
+    }
+
+    fn text(&mut self, value: &str) -> &mut Self {
+        let buffer = self.field();
+        for c in value.chars() {
+            match c {
+                '\\' => buffer.push_str("\\\\"),
+                '\n' => buffer.push_str("\\n"),
+                '\r' => buffer.push_str("\\r"),
+                '\t' => buffer.push_str("\\t"),
+                c => buffer.push(c),
+            }
+        }
+        self
+    }
+
+    fn opt_text(&mut self, value: Option<&str>) -> &mut Self {
+        match value {
+            Some(value) => self.text(value),
+            None => {
+                self.field().push_str("\\N");
+                self
+            }
+        }
+    }
+
+    fn int(&mut self, value: i64) -> &mut Self {
+        use std::fmt::Write;
+        let _ = write!(self.field(), "{value}");
+        self
+    }
+
+    fn uuid(&mut self, value: &Uuid) -> &mut Self {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = value.hyphenated().encode_lower(&mut text);
+        self.field().push_str(text);
+        self
+    }
+
+    /// Microseconds, truncated, as Postgres stores them (and as sqlx binds them).
+    fn time(&mut self, value: DateTime<Utc>) -> &mut Self {
+        use std::fmt::Write;
+        let _ = write!(self.field(), "{}", value.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+        self
+    }
+
+    fn opt_time(&mut self, value: Option<DateTime<Utc>>) -> &mut Self {
+        match value {
+            Some(value) => self.time(value),
+            None => {
+                self.field().push_str("\\N");
+                self
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.buffer.push('\n');
+        self.fields = 0;
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! 1. **Bulk.** The stream's last sequence is noted; an ordered consumer reads from the
 //!    first message to it and every event is folded in memory ([`image::Image`]); each
-//!    table is then written with a few large inserts into the shadow schema.
+//!    table is then written with `COPY` into the shadow schema (bare copies of the live
+//!    tables), and the live tables' constraints and indexes are built on them.
 //! 2. **Catch up.** Events that arrived meanwhile are applied to the shadow tables the way
 //!    the projector applies them (per-aggregate checkpoint in the same transaction).
 //! 3. **Swap.** One transaction locks the live tables (the checkpoint table first, the
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use sqlx::{Connection, PgConnection, PgPool};
 use tillstream_events::{EventEnvelope, Namespace};
 
@@ -47,6 +49,10 @@ const TABLES: &[&str] = &[
     "order_history",
     "user_order_stats",
 ];
+
+/// Messages decoded per blocking task during the bulk phase, and chunks decoded ahead.
+const DECODE_CHUNK: usize = 1024;
+const DECODE_AHEAD: usize = 3;
 
 /// Events applied per transaction while catching up.
 const CATCH_UP_BATCH: usize = 500;
@@ -140,33 +146,59 @@ pub async fn rebuild(
         let mut report = RebuildReport::default();
         let mut tally = Tally::new(allow_unapplied);
 
-        // 1. Bulk.
+        // 1. Bulk: messages are decoded in chunks on blocking threads (in order, a few
+        // chunks ahead) while this task reads the stream and folds.
         let target = log.last_sequence().await?;
         let mut image = Image::default();
-        while log.position < target {
-            let outcome = match log.next(target).await? {
-                Ok(envelope) => image.fold(&envelope).map(|folded| match folded {
-                    Folded::Applied => ApplyOutcome::Applied,
-                    Folded::Duplicate => ApplyOutcome::Duplicate,
-                    Folded::Gap { expected } => ApplyOutcome::Gap { expected },
-                }),
-                Err(error) => Err(error),
-            };
-            tally.count(log.position, outcome)?;
-            if log.position % 1024 == 0 || log.position == target {
-                progress.update(Phase::Reading, log.position, target);
+        let mut decoding = FuturesOrdered::new();
+        let mut chunk = Vec::with_capacity(DECODE_CHUNK);
+        loop {
+            let reading = log.position < target;
+            if reading {
+                chunk.push(log.next_raw(target).await?);
+            }
+            if chunk.len() == DECODE_CHUNK || (!reading && !chunk.is_empty()) {
+                let messages = std::mem::replace(&mut chunk, Vec::with_capacity(DECODE_CHUNK));
+                decoding.push_back(tokio::task::spawn_blocking(move || {
+                    messages
+                        .into_iter()
+                        .map(|(sequence, payload)| (sequence, image::decode(&payload)))
+                        .collect::<Vec<_>>()
+                }));
+            }
+            while decoding.len() > DECODE_AHEAD || (!reading && !decoding.is_empty()) {
+                let Some(decoded) = decoding.next().await else {
+                    break;
+                };
+                let decoded = decoded.map_err(|e| RebuildError::Stream(e.to_string()))?;
+                let mut last = 0;
+                for (sequence, event) in decoded {
+                    let outcome =
+                        event
+                            .and_then(|event| image.fold(event))
+                            .map(|folded| match folded {
+                                Folded::Applied => ApplyOutcome::Applied,
+                                Folded::Duplicate => ApplyOutcome::Duplicate,
+                                Folded::Gap { expected } => ApplyOutcome::Gap { expected },
+                            });
+                    tally.count(sequence, outcome)?;
+                    last = sequence;
+                }
+                progress.update(Phase::Reading, last, target);
+            }
+            if !reading && decoding.is_empty() {
+                break;
             }
         }
         let rows = image.rows() as u64;
         let written = std::sync::atomic::AtomicU64::new(0);
-        let mut tx = conn.begin().await?;
         image
-            .write(&mut tx, &|n| {
+            .write(pool, &shadow, &|n| {
                 let done = written.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
                 progress.update(Phase::Writing, done, rows);
             })
             .await?;
-        tx.commit().await?;
+        index_shadow(&mut conn, &shadow).await?;
         report.bulk = started.elapsed();
         report.bulk_events_per_second = target as f64 / report.bulk.as_secs_f64().max(1e-9);
 
@@ -244,16 +276,93 @@ pub async fn rebuild(
     Ok(report)
 }
 
-/// Creates the shadow schema with the read-model tables (the same migrations as the live
-/// ones) and leaves `conn`'s search path on it.
+/// Creates the shadow schema with empty copies of the live tables (columns, types,
+/// defaults, NOT NULL; no indexes or constraints yet, so the bulk load does not maintain
+/// them row by row) and leaves `conn`'s search path on it.
 async fn create_shadow(conn: &mut PgConnection, shadow: &str) -> Result<(), RebuildError> {
     sqlx::query(&format!("CREATE SCHEMA {shadow}"))
         .execute(&mut *conn)
         .await?;
+    for table in TABLES {
+        sqlx::query(&format!(
+            "CREATE TABLE {shadow}.{table} (LIKE public.{table} INCLUDING DEFAULTS)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query(&format!("SET search_path TO {shadow}"))
         .execute(&mut *conn)
         .await?;
-    crate::migrator().run_direct(&mut *conn).await?;
+    Ok(())
+}
+
+/// Gives the loaded shadow tables the live tables' constraints (primary keys first, then
+/// foreign keys) and indexes, built once over the loaded rows.
+async fn index_shadow(conn: &mut PgConnection, shadow: &str) -> Result<(), RebuildError> {
+    let mut statements = Vec::new();
+    let mut tx = conn.begin().await?;
+    // Definitions are read with `public` on the path and pointed at the shadow tables.
+    sqlx::query("SET LOCAL search_path TO public")
+        .execute(&mut *tx)
+        .await?;
+    for table in TABLES {
+        let constraints: Vec<(String, String)> = sqlx::query_as(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = ('public.' || $1)::regclass AND contype IN ('p', 'u', 'c', 'x') ORDER BY conname",
+        )
+        .bind(table)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (name, definition) in constraints {
+            statements.push(format!(
+                "ALTER TABLE {shadow}.{table} ADD CONSTRAINT {name} {definition}"
+            ));
+        }
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
+             WHERE i.indrelid = ('public.' || $1)::regclass \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) \
+             ORDER BY i.indexrelid",
+        )
+        .bind(table)
+        .fetch_all(&mut *tx)
+        .await?;
+        for definition in indexes {
+            statements.push(
+                definition
+                    .replacen(
+                        &format!(" ON public.{table} "),
+                        &format!(" ON {shadow}.{table} "),
+                        1,
+                    )
+                    .replacen(
+                        &format!(" ON {table} "),
+                        &format!(" ON {shadow}.{table} "),
+                        1,
+                    ),
+            );
+        }
+    }
+    for table in TABLES {
+        let foreign: Vec<(String, String)> = sqlx::query_as(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = ('public.' || $1)::regclass AND contype = 'f' ORDER BY conname",
+        )
+        .bind(table)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (name, definition) in foreign {
+            let definition =
+                definition.replace("REFERENCES public.", &format!("REFERENCES {shadow}."));
+            statements.push(format!(
+                "ALTER TABLE {shadow}.{table} ADD CONSTRAINT {name} {definition}"
+            ));
+        }
+    }
+    tx.commit().await?;
+    for statement in statements {
+        sqlx::query(&statement).execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -352,6 +461,12 @@ impl Log {
         &mut self,
         target: u64,
     ) -> Result<Result<EventEnvelope, ApplyError>, RebuildError> {
+        let (_, payload) = self.next_raw(target).await?;
+        Ok(serde_json::from_slice::<EventEnvelope>(&payload).map_err(ApplyError::Decode))
+    }
+
+    /// The next message's stream sequence and payload.
+    async fn next_raw(&mut self, target: u64) -> Result<(u64, bytes::Bytes), RebuildError> {
         let message = tokio::time::timeout(Duration::from_secs(30), self.messages.next())
             .await
             .map_err(|_| RebuildError::Truncated {
@@ -370,6 +485,6 @@ impl Log {
             .map(|i| i.stream_sequence)
             .map_err(stream_error)?;
         self.position = sequence;
-        Ok(serde_json::from_slice::<EventEnvelope>(&message.payload).map_err(ApplyError::Decode))
+        Ok((sequence, message.payload.clone()))
     }
 }

@@ -67,7 +67,7 @@ impl Target {
             &self.db.postgres_url,
             &format!("{}_reads", self.db.database_prefix),
         )?;
-        let pool = postgres::pool(&url, 2)?;
+        let pool = postgres::pool(&url, 4)?;
         tillstream_projections::migrate(&pool).await?;
         Ok(pool)
     }

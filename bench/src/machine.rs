@@ -1,0 +1,39 @@
+//! What the figures were measured on.
+
+use tillstream_testkit::{nats_url, postgres_url};
+
+pub async fn describe() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|m| m.trim().to_owned());
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok());
+    let postgres = match sqlx::PgPool::connect(&postgres_url()).await {
+        Ok(pool) => sqlx::query_scalar::<_, String>("SHOW server_version")
+            .fetch_one(&pool)
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    let nats = match async_nats::connect(nats_url()).await {
+        Ok(client) => Some(client.server_info().version),
+        Err(_) => None,
+    };
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_model": model,
+        "memory_gib": memory_kib.map(|k| (k as f64 / 1024.0 / 1024.0).round()),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
+        "postgres": postgres,
+        "nats_server": nats,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "note": "load generator, Postgres and NATS share the machine",
+    })
+}

@@ -1,0 +1,76 @@
+//! `tillstream-bench`: throughput of the log's two bulk paths, each next to a baseline
+//! measured in the same run on the same servers, so the figures compare as ratios.
+//!
+//! ```sh
+//! cargo run --release -p tillstream-bench -- rebuild   # bench/results/rebuild-<time>.json
+//! cargo run --release -p tillstream-bench -- relay     # bench/results/relay-<time>.json
+//! ```
+//!
+//! Each run uses its own databases and NATS namespace (testkit) and removes them after.
+
+mod machine;
+mod rebuild;
+mod relay;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tillstream-bench",
+    about = "Benchmarks of tillstream's relay and rebuild"
+)]
+struct Cli {
+    /// Where result files go.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rebuild throughput (events/s from the start of the stream to the swap), against
+    /// reading the stream alone and against applying event by event.
+    Rebuild(rebuild::Args),
+    /// Relay throughput (committed rows to acknowledged JetStream messages), against
+    /// publishing the same messages straight to JetStream.
+    Relay(relay::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (name, result) = match cli.command {
+        Command::Rebuild(args) => ("rebuild", rebuild::run(args).await?),
+        Command::Relay(args) => ("relay", relay::run(args).await?),
+    };
+    let document = serde_json::json!({
+        "benchmark": name,
+        "at": chrono::Utc::now().to_rfc3339(),
+        "machine": machine::describe().await,
+        "result": result,
+    });
+    std::fs::create_dir_all(&cli.out)?;
+    let file = cli.out.join(format!(
+        "{name}-{}.json",
+        chrono::Utc::now().format("%Y-%m-%dT%H%M%S")
+    ));
+    std::fs::write(&file, serde_json::to_string_pretty(&document)? + "\n")?;
+    println!("{}", serde_json::to_string_pretty(&document["result"])?);
+    println!("written to {}", file.display());
+    Ok(())
+}
+
+/// Median, min and max of several measurements: the spread says how noisy a figure is.
+pub fn spread(mut values: Vec<f64>) -> serde_json::Value {
+    values.sort_by(f64::total_cmp);
+    let median = values.get(values.len() / 2).copied().unwrap_or(0.0);
+    serde_json::json!({
+        "median": median.round(),
+        "min": values.first().copied().unwrap_or(0.0).round(),
+        "max": values.last().copied().unwrap_or(0.0).round(),
+        "runs": values.iter().map(|v| v.round()).collect::<Vec<_>>(),
+    })
+}
