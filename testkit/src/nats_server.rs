@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::GetStreamErrorKind;
+
 use crate::process::{ChildProcess, free_port};
 
 pub struct PrivateNats {
@@ -72,6 +74,7 @@ impl PrivateNats {
     /// Waits until a client connects and JetStream (with its recovered streams) answers.
     async fn wait_ready(&mut self, deadline: Duration) {
         let start = Instant::now();
+        let mut last_error = String::new();
         loop {
             assert!(
                 self.process.is_running(),
@@ -82,17 +85,24 @@ impl PrivateNats {
                 .connection_timeout(Duration::from_millis(500))
                 .connect(self.url())
                 .await;
-            if let Ok(client) = connected
-                && async_nats::jetstream::new(client)
-                    .query_account()
+            match connected {
+                // JetStream answers (here: that no such stream exists) once it has
+                // recovered its store. (async-nats 0.51 cannot parse 2.9's account info.)
+                Ok(client) => match async_nats::jetstream::new(client)
+                    .get_stream("TILLSTREAM_READINESS_PROBE")
                     .await
-                    .is_ok()
-            {
-                return;
+                {
+                    Ok(_) => return,
+                    Err(error) if matches!(error.kind(), GetStreamErrorKind::JetStream(_)) => {
+                        return;
+                    }
+                    Err(error) => last_error = format!("JetStream: {error}"),
+                },
+                Err(error) => last_error = format!("connect: {error}"),
             }
             assert!(
                 start.elapsed() < deadline,
-                "nats-server not ready on {} after {deadline:?}; its log ends:\n{}",
+                "nats-server not ready on {} after {deadline:?} ({last_error}); its log ends:\n{}",
                 self.url(),
                 self.process.log_tail(30)
             );

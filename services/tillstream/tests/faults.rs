@@ -23,6 +23,7 @@ use async_nats::jetstream;
 use support::consistency::{LogAudit, audit_log, await_log, await_projected, compare_with_rebuild};
 use support::split::{Part, SplitPlatform};
 use support::{Clients, DEADLINE, authorized, place};
+use tillstream_projections::checksum::checksum;
 use tillstream_proto::order::v1 as order_pb;
 use tillstream_testkit::nats_server::PrivateNats;
 use tillstream_testkit::process::killed_by_sigkill;
@@ -251,6 +252,21 @@ async fn projector_killed_between_apply_and_ack_applies_each_event_once() {
         &format!("unacked={unacked} duplicates_skipped={duplicates}"),
     )
     .await;
+
+    // The comparison would have seen a doubled effect: one extra order counted is a
+    // difference in `users`.
+    sqlx::query("UPDATE users SET order_count = order_count + 1 WHERE id = $1::uuid")
+        .bind(&buyers[0].0)
+        .execute(&reads)
+        .await
+        .expect("read model answers");
+    let live = checksum(&reads).await.expect("live checksum");
+    let rebuilt = checksum(&platform.env.connect("rebuild"))
+        .await
+        .expect("rebuild checksum");
+    let differences = live.differences(&rebuilt);
+    assert_eq!(differences.len(), 1, "{differences:?}");
+    assert!(differences[0].starts_with("users "), "{differences:?}");
     platform.stop().await;
 }
 

@@ -196,7 +196,7 @@ impl SplitPlatform {
                     .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
             })
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |sum, value| sum + value)
     }
 
     /// Awaits `metric` on `part` reaching at least `at_least`.
