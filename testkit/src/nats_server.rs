@@ -74,7 +74,6 @@ impl PrivateNats {
     /// Waits until a client connects and JetStream (with its recovered streams) answers.
     async fn wait_ready(&mut self, deadline: Duration) {
         let start = Instant::now();
-        let mut last_error = String::new();
         loop {
             assert!(
                 self.process.is_running(),
@@ -85,7 +84,7 @@ impl PrivateNats {
                 .connection_timeout(Duration::from_millis(500))
                 .connect(self.url())
                 .await;
-            match connected {
+            let last_error = match connected {
                 // JetStream answers (here: that no such stream exists) once it has
                 // recovered its store. (async-nats 0.51 cannot parse 2.9's account info.)
                 Ok(client) => match async_nats::jetstream::new(client)
@@ -96,10 +95,10 @@ impl PrivateNats {
                     Err(error) if matches!(error.kind(), GetStreamErrorKind::JetStream(_)) => {
                         return;
                     }
-                    Err(error) => last_error = format!("JetStream: {error}"),
+                    Err(error) => format!("JetStream: {error}"),
                 },
-                Err(error) => last_error = format!("connect: {error}"),
-            }
+                Err(error) => format!("connect: {error}"),
+            };
             assert!(
                 start.elapsed() < deadline,
                 "nats-server not ready on {} after {deadline:?} ({last_error}); its log ends:\n{}",
