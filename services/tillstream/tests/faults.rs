@@ -147,9 +147,11 @@ async fn relay_killed_between_publish_and_checkpoint_republishes_into_dedupe() {
         .iter()
         .filter(|e| e.aggregate_type == "order")
         .count() as u64;
-    assert_eq!(
-        published, waiting as u64,
-        "the whole batch reached JetStream before the kill"
+    // Normally the whole backlog is one batch; a transaction elsewhere in the cluster that
+    // holds back the relay's horizon can make it a part.
+    assert!(
+        published >= 1 && published <= waiting as u64,
+        "the batch ({published} of {waiting} waiting) reached JetStream before the kill"
     );
 
     // More commands while the relay is down; then it comes back and republishes.
