@@ -22,6 +22,7 @@
 //! while the live ones keep serving ([`rebuild`]).
 
 pub mod app;
+pub mod checksum;
 mod config;
 pub mod dead_letters;
 mod projector;

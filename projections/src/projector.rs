@@ -225,6 +225,9 @@ impl Projector {
             }
             return;
         }
+        // The batch is in the read models and JetStream does not know: a crash here has the
+        // batch redelivered, and skipped as duplicates (tests/faults.rs in the tillstream crate).
+        tillstream_runtime::failpoint::point("projector.before_ack");
         for ((message, envelope), outcome) in decoded.iter().zip(outcomes) {
             self.settle(message, envelope, outcome).await;
         }

@@ -30,6 +30,9 @@
 //! consumers skip sequences they already applied. When NATS or Postgres is unreachable the
 //! relay retries with bounded exponential backoff, so events committed meanwhile are
 //! published once it is back.
+//!
+//! The crash between publish and checkpoint is tested with a real process killed there
+//! (`TILLSTREAM_FAILPOINTS=relay.after_publish`, see [`tillstream_runtime::failpoint`]).
 
 pub mod app;
 mod config;

@@ -278,6 +278,9 @@ impl Relay {
             wave_subjects.insert(subject);
         }
         duplicates += settle(&mut wave).await?;
+        // Every event of the batch is in JetStream and the checkpoint does not say so yet:
+        // a crash here republishes the batch (tests/faults.rs in the tillstream crate).
+        tillstream_runtime::failpoint::point("relay.after_publish");
 
         // The checkpoint only moves forward, whatever another process did meanwhile.
         sqlx::query(

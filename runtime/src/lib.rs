@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod event_store;
+pub mod failpoint;
 pub mod gate;
 pub mod grpc;
 pub mod grpc_host;

@@ -7,10 +7,15 @@
 //! - [`CuttableProxy`] forwards TCP to a server and can cut the link, to make NATS (or
 //!   Postgres) unreachable for one component without stopping the shared server.
 //! - [`workload`] makes a synthetic log of customers and orders and publishes it.
+//! - [`process`] runs the real service binaries as children of a test (start, await
+//!   `/readyz`, `kill -9`, restart, logs on failure); [`nats_server::PrivateNats`] is a
+//!   `nats-server` of the test's own that it may kill and restart on the same store.
 //!
 //! `TILLSTREAM_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! `TILLSTREAM_TEST_NATS_URL` (default `nats://127.0.0.1:4222`) point at the servers.
 
+pub mod nats_server;
+pub mod process;
 pub mod workload;
 
 use std::future::Future;

@@ -4,31 +4,13 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{DEADLINE, TestPlatform, authorized, item};
+use support::{DEADLINE, TestPlatform, authorized, graphql, item};
 use tillstream_proto::order::v1 as order_pb;
 use tillstream_proto::user::v1 as user_pb;
 use tillstream_testkit::eventually;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-async fn graphql(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    query: &str,
-    variables: Value,
-) -> Value {
-    http.post(url)
-        .bearer_auth(token)
-        .json(&json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .expect("gateway answers")
-        .json()
-        .await
-        .expect("JSON body")
-}
 
 #[tokio::test]
 async fn an_order_placed_over_grpc_is_answered_by_graphql() {

@@ -3,13 +3,17 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod consistency;
+pub mod split;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tillstream::platform::Addresses;
 use tillstream::{Platform, PlatformConfig};
 use tillstream_proto::order::v1::{self as order_pb, order_service_client::OrderServiceClient};
 use tillstream_proto::user::v1::{self as user_pb, user_service_client::UserServiceClient};
-use tillstream_runtime::Shutdown;
+use tillstream_runtime::{PgPool, Shutdown};
 use tillstream_testkit::{TestEnv, eventually, nats_url, postgres_url};
 use tonic::Request;
 use tonic::transport::Channel;
@@ -77,14 +81,70 @@ impl TestPlatform {
         Self::launch(self.env, self.config).await
     }
 
+    /// Typed clients of this platform's command services.
+    pub fn clients(&self) -> Clients {
+        Clients {
+            user_grpc: self.addrs.user_grpc,
+            order_grpc: self.addrs.order_grpc,
+            reads: self.env.connect("reads"),
+        }
+    }
+
     pub async fn users(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::connect(format!("http://{}", self.addrs.user_grpc))
+        self.clients().users().await
+    }
+
+    pub async fn orders(&self) -> OrderServiceClient<Channel> {
+        self.clients().orders().await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        self.clients().login(email, password).await
+    }
+
+    /// See [`Clients::customer`].
+    pub async fn customer(&self, name: &str) -> (String, String) {
+        self.clients().customer(name).await
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.clients().admin_token().await
+    }
+
+    /// See [`Clients::order_for`].
+    pub async fn order_for(&self, user_id: &str, token: &str) -> String {
+        self.clients().order_for(user_id, token).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.running
+            .await
+            .expect("platform task")
+            .expect("platform stops cleanly");
+        self.env.cleanup().await;
+    }
+}
+
+/// Typed clients of a running platform's command services, in one process
+/// ([`TestPlatform`]) or as separate processes (`split::SplitPlatform`).
+#[derive(Clone)]
+pub struct Clients {
+    pub user_grpc: SocketAddr,
+    pub order_grpc: SocketAddr,
+    /// The read models, where a new customer is awaited.
+    pub reads: PgPool,
+}
+
+impl Clients {
+    pub async fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::connect(format!("http://{}", self.user_grpc))
             .await
             .expect("user service answers")
     }
 
     pub async fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::connect(format!("http://{}", self.addrs.order_grpc))
+        OrderServiceClient::connect(format!("http://{}", self.order_grpc))
             .await
             .expect("order service answers")
     }
@@ -116,12 +176,11 @@ impl TestPlatform {
             .expect("registration succeeds")
             .into_inner()
             .id;
-        let reads = self.env.connect("reads");
         let uuid = uuid::Uuid::parse_str(&id).expect("user ids are UUIDs");
         eventually(DEADLINE, "the new customer in the read model", || async {
             let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
                 .bind(uuid)
-                .fetch_optional(&reads)
+                .fetch_optional(&self.reads)
                 .await
                 .expect("read model answers");
             known.map(|_| ())
@@ -144,15 +203,25 @@ impl TestPlatform {
             .into_inner()
             .id
     }
+}
 
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.running
-            .await
-            .expect("platform task")
-            .expect("platform stops cleanly");
-        self.env.cleanup().await;
-    }
+/// Sends a GraphQL request with a bearer token; the JSON body of the answer.
+pub async fn graphql(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    query: &str,
+    variables: serde_json::Value,
+) -> serde_json::Value {
+    http.post(url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .expect("gateway answers")
+        .json()
+        .await
+        .expect("JSON body")
 }
 
 pub fn authorized<T>(message: T, token: &str) -> Request<T> {
