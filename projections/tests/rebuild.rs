@@ -6,34 +6,15 @@ use std::time::Duration;
 use async_nats::jetstream;
 use sqlx::PgPool;
 use tillstream_projections::rebuild::{self, Quiet, RebuildError};
-use tillstream_projections::{Projector, migrate};
+use tillstream_projections::{Projector, checksum, migrate};
 use tillstream_runtime::{Shutdown, nats};
 use tillstream_testkit::workload::{self, Workload};
 use tillstream_testkit::{TestEnv, eventually, nats_url};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-const TABLES: &[&str] = &[
-    "users",
-    "orders",
-    "order_items",
-    "order_history",
-    "user_order_stats",
-    "projection_checkpoints",
-];
 
-/// A digest of every row of every read-model table.
-async fn checksums(pool: &PgPool) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for table in TABLES {
-        let sum: String = sqlx::query_scalar(&format!(
-            "SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {table} t"
-        ))
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        out.push((table.to_string(), sum));
-    }
-    out
+async fn checksums(pool: &PgPool) -> checksum::ReadModelChecksum {
+    checksum::checksum(pool).await.unwrap()
 }
 
 /// The indexes and constraints of the read-model tables, as Postgres would recreate them.
