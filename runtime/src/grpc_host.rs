@@ -11,25 +11,37 @@ use tower::util::MapResponseLayer;
 use crate::Shutdown;
 use crate::ops::{self, Readiness};
 
-/// The router of a command service, with [`oversized_is_resource_exhausted`] applied.
+/// The router of a command service, with [`oversized_is_resource_exhausted`] applied
+/// (callers' errors reported as theirs).
 pub type GrpcRouter = tonic::transport::server::Router<
     Stack<MapResponseLayer<fn(GrpcResponse) -> GrpcResponse>, Identity>,
 >;
 type GrpcResponse = http::Response<tonic::body::Body>;
 
-/// tonic answers a request over the size limit with OUT_OF_RANGE; gRPC's convention (and
-/// our API's) is RESOURCE_EXHAUSTED, which tells clients the message was too large.
+/// Statuses tonic produces before a handler runs, turned into what they mean to a caller:
+/// - a request over the size limit (tonic: OUT_OF_RANGE) is RESOURCE_EXHAUSTED, gRPC's
+///   convention and our API's;
+/// - bytes that do not decode as the request message (tonic: INTERNAL, as if the server
+///   had failed) are INVALID_ARGUMENT: the caller sent them.
 fn oversized_is_resource_exhausted(mut response: GrpcResponse) -> GrpcResponse {
-    let oversized = response
+    let mapped = response
         .extensions()
         .get::<tonic::Status>()
-        .is_some_and(|s| {
-            s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large")
+        .and_then(|s| match s.code() {
+            tonic::Code::OutOfRange if s.message().contains("message length too large") => {
+                Some(tonic::Status::resource_exhausted(format!(
+                    "request larger than the {MAX_MESSAGE_BYTES}-byte limit"
+                )))
+            }
+            tonic::Code::Internal if s.message().contains("failed to decode Protobuf message") => {
+                Some(tonic::Status::invalid_argument(format!(
+                    "the request is not a valid protobuf message of this method: {}",
+                    s.message()
+                )))
+            }
+            _ => None,
         });
-    if oversized {
-        let status = tonic::Status::resource_exhausted(format!(
-            "request larger than the {MAX_MESSAGE_BYTES}-byte limit"
-        ));
+    if let Some(status) = mapped {
         let _ = status.add_header(response.headers_mut());
     }
     response

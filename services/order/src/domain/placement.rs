@@ -5,6 +5,9 @@ use tillstream_events::{Address, OrderLine};
 
 pub const MAX_ITEMS: usize = 100;
 pub const MAX_QUANTITY: u32 = 10_000;
+/// The largest order total: 2^53 − 1 minor units, the largest integer every JSON client
+/// (JavaScript's numbers included) holds exactly, so no reader of an order misreads it.
+pub const MAX_TOTAL_CENTS: i64 = (1 << 53) - 1;
 const MAX_SKU_CHARS: usize = 64;
 const MAX_NAME_CHARS: usize = 200;
 const MAX_NOTE_CHARS: usize = 1000;
@@ -105,6 +108,12 @@ impl Placement {
         if total.is_none() && !problems.iter().any(|(_, p)| p.contains("overflows")) {
             problems.push(("items".into(), "order total overflows".into()));
         }
+        if total.is_some_and(|t| t > MAX_TOTAL_CENTS) {
+            problems.push((
+                "items".into(),
+                format!("order total must be at most {MAX_TOTAL_CENTS} cents"),
+            ));
+        }
         if input.note.chars().count() > MAX_NOTE_CHARS {
             problems.push((
                 "note".into(),
@@ -197,6 +206,10 @@ mod tests {
             problems,
             vec![("items".to_owned(), "order total overflows".to_owned())]
         );
+        let problems =
+            Placement::parse(&input(vec![item("A", 1, MAX_TOTAL_CENTS + 1)])).unwrap_err();
+        assert_eq!(problems[0].0, "items");
+        assert!(Placement::parse(&input(vec![item("A", 1, MAX_TOTAL_CENTS)])).is_ok());
     }
 
     #[test]
