@@ -290,6 +290,16 @@ impl ChildProcess {
         child.wait().ok()
     }
 
+    /// Asks the process to stop (SIGTERM), as an orchestrator does before a restart or a
+    /// scale-in; [`ChildProcess::wait_exit`] then says how it ended.
+    pub fn terminate(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// Awaits the process's own exit (a failpoint killing it, say).
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let start = Instant::now();

@@ -378,3 +378,106 @@ async fn message_count(js: &jetstream::Context, env: &TestEnv) -> u64 {
         Err(_) => 0,
     }
 }
+
+/// Places orders in a loop until `stop`, for one customer: the acknowledged order ids, and
+/// how many attempts failed with a status a client retries (the service was restarting).
+async fn steady_orders(
+    clients: Clients,
+    (user_id, token): (String, String),
+    stop: tokio_util::sync::CancellationToken,
+) -> (Vec<String>, u32) {
+    let mut service = clients.orders().await;
+    let (mut acked, mut retryable) = (Vec::new(), 0);
+    while !stop.is_cancelled() {
+        match service
+            .place_order(authorized(place(&user_id), &token))
+            .await
+        {
+            Ok(reply) => acked.push(reply.into_inner().id),
+            Err(status) => {
+                assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                    ),
+                    "only a restarting service's statuses, got {status:?}"
+                );
+                retryable += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    (acked, retryable)
+}
+
+#[tokio::test]
+async fn sigterm_under_load_drains_and_loses_nothing() {
+    let mut platform = SplitPlatform::start(nats_url(), &Part::ALL).await;
+    let clients = platform.clients();
+    let buyers = customers(&clients, "drain", 3).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load: Vec<_> = buyers
+        .into_iter()
+        .map(|buyer| tokio::spawn(steady_orders(clients.clone(), buyer, stop.clone())))
+        .collect();
+    let orders_db = platform.env.connect("orders");
+    let placed = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE event_type = 'OrderPlaced'")
+            .fetch_one(&orders_db)
+            .await
+            .expect("event store answers")
+    };
+    let mut terminations = 0;
+    for part in [
+        Part::Order,
+        Part::OrderRelay,
+        Part::Projector,
+        Part::Gateway,
+        Part::User,
+    ] {
+        let before = placed().await;
+        eventually(
+            DEADLINE,
+            "orders flowing before the next SIGTERM",
+            || async { (placed().await >= before + 5).then_some(()) },
+        )
+        .await;
+        let process = platform.part(part);
+        process.terminate();
+        let status = process.wait_exit(DEADLINE).await;
+        assert!(
+            status.success(),
+            "{part:?} stops cleanly on SIGTERM, got {status}; its log ends:\n{}",
+            process.log_tail(30)
+        );
+        terminations += 1;
+        platform.start_part(part, &[]).await;
+    }
+    stop.cancel();
+    let (mut acked, mut retryable) = (Vec::new(), 0);
+    for task in load {
+        let (ids, failed) = task.await.expect("load task");
+        acked.extend(ids);
+        retryable += failed;
+    }
+    let stored: std::collections::BTreeSet<String> =
+        sqlx::query_scalar("SELECT aggregate_id FROM events WHERE event_type = 'OrderPlaced'")
+            .fetch_all(&orders_db)
+            .await
+            .expect("event store answers")
+            .into_iter()
+            .collect();
+    let lost = acked.iter().filter(|id| !stored.contains(*id)).count();
+    assert_eq!(lost, 0, "every acknowledged order is in the store");
+    verify(
+        "SIGTERM under load",
+        &platform,
+        0,
+        &format!(
+            "terminations={terminations} acked={} retryable_failures={retryable} lost={lost}",
+            acked.len()
+        ),
+    )
+    .await;
+    platform.stop().await;
+}
