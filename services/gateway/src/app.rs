@@ -4,69 +4,63 @@ use std::net::SocketAddr;
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::extract::State;
-use axum::http::HeaderMap;
-use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
-
-use crate::auth::{Forward, Viewer};
-use crate::backends::Backends;
-use crate::graphql::GatewaySchema;
 use axum::Router;
+use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
+use tillstream_projections::queries::Reads;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::ops::{self, Readiness};
-
+use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
 use tillstream_runtime::{Shutdown, StartError};
 use tokio::net::TcpListener;
 
 use crate::Config;
-use crate::graphql;
-use tillstream_projections::queries::Reads;
+use crate::auth::{self, Forward, Viewer};
+use crate::backends::Backends;
+use crate::graphql::{self, GatewaySchema};
+use crate::operations::Operations;
+use crate::rest;
 
 pub struct App {
     listener: TcpListener,
     router: Router,
 }
 
-#[derive(Clone)]
-struct GatewayState {
-    schema: GatewaySchema,
-    verifier: TokenVerifier,
-}
-
-/// The gateway's HTTP routes: GraphQL, GraphiQL and the ops endpoints.
+/// The gateway's HTTP routes: GraphQL, GraphiQL, the REST mirror with its OpenAPI
+/// document, and the ops endpoints.
 pub fn router(
     reads: Reads,
     backends: Backends,
     verifier: TokenVerifier,
     readiness: Readiness,
 ) -> Router {
-    let state = GatewayState {
-        schema: graphql::schema(reads, backends),
-        verifier,
-    };
+    let operations = Operations::new(reads, backends);
+    let schema = graphql::schema(operations.clone());
     Router::new()
         .route(
             "/graphql",
             get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) })
                 .post(execute),
         )
-        .with_state(state)
+        .with_state(schema)
+        .merge(rest::router(operations))
+        .layer(axum::middleware::from_fn_with_state(
+            verifier,
+            auth::identify,
+        ))
         .merge(ops::router(readiness))
         .layer(axum::middleware::from_fn(ops::track_requests))
 }
 
 /// Runs one GraphQL request as the viewer its bearer token names.
 async fn execute(
-    State(state): State<GatewayState>,
-    headers: HeaderMap,
+    State(schema): State<GatewaySchema>,
+    viewer: Viewer,
+    forward: Forward,
     request: GraphQLRequest,
 ) -> GraphQLResponse {
-    let viewer = Viewer::from_headers(&state.verifier, &headers);
-    let forward = Forward::from_headers(&headers);
-    state
-        .schema
+    schema
         .execute(request.into_inner().data(viewer).data(forward))
         .await
         .into()

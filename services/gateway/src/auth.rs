@@ -1,11 +1,10 @@
-//! Who is asking: the bearer token of a GraphQL request, verified with the public key,
+//! Who is asking: the bearer token of a request (GraphQL or REST), verified with the public key,
 //! and the rules of what each role may see.
 //!
 //! Customers see only themselves and their own orders (another customer's order reads as
 //! missing, so its existence does not leak); admins and services see everything. A
 //! deactivated account's tokens stop working as soon as the read model has the deactivation.
 
-use async_graphql::Context;
 use axum::http::HeaderMap;
 use tillstream_events::Role;
 use tillstream_projections::queries::Reads;
@@ -14,7 +13,7 @@ use tillstream_runtime::grpc::Caller;
 use tillstream_runtime::tokens::TokenVerifier;
 use uuid::Uuid;
 
-use crate::graphql::coded;
+use crate::error::ApiError;
 
 /// The viewer of one request, put into the GraphQL request's data by the HTTP handler.
 #[derive(Debug, Clone)]
@@ -79,36 +78,75 @@ impl Forward {
     }
 }
 
-/// The signed-in, active caller of this request, or UNAUTHENTICATED.
-pub async fn require(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
-    let caller = match ctx.data::<Viewer>()? {
+/// The signed-in, active caller of `viewer`, or UNAUTHENTICATED.
+pub async fn authenticate(reads: &Reads, viewer: &Viewer) -> Result<Caller, ApiError> {
+    let caller = match viewer {
         Viewer::Caller(caller) => caller.clone(),
         Viewer::Anonymous => {
-            return Err(coded(
-                "sign in: send `Authorization: Bearer <token>`",
-                "UNAUTHENTICATED",
+            return Err(ApiError::Unauthenticated(
+                "sign in: send `Authorization: Bearer <token>`".to_owned(),
             ));
         }
         Viewer::InvalidToken => {
-            return Err(coded("invalid or expired access token", "UNAUTHENTICATED"));
+            return Err(ApiError::Unauthenticated(
+                "invalid or expired access token".to_owned(),
+            ));
         }
     };
     if caller.role != Role::Service && Uuid::parse_str(&caller.user_id).is_err() {
-        return Err(coded("invalid access token", "UNAUTHENTICATED"));
+        return Err(ApiError::Unauthenticated("invalid access token".to_owned()));
     }
-    let reads: &Reads = ctx.data::<Reads>()?;
     match still_active(reads, &caller).await {
-        Ok(true) => {}
-        Ok(false) => return Err(coded("the account is deactivated", "UNAUTHENTICATED")),
+        Ok(true) => Ok(caller),
+        Ok(false) => Err(ApiError::Unauthenticated(
+            "the account is deactivated".to_owned(),
+        )),
         Err(error) => {
             tracing::warn!(%error, "account status unavailable");
-            return Err(coded(
-                "the read models are unavailable; retry",
-                "UNAVAILABLE",
-            ));
+            Err(ApiError::Unavailable(
+                "the read models are unavailable; retry".to_owned(),
+            ))
         }
     }
-    Ok(caller)
+}
+
+/// Middleware: verifies the bearer token once per request and leaves the [`Viewer`] in
+/// the request's extensions, for the rate limiter, GraphQL and the REST handlers.
+pub async fn identify(
+    axum::extract::State(verifier): axum::extract::State<TokenVerifier>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let viewer = Viewer::from_headers(&verifier, request.headers());
+    request.extensions_mut().insert(viewer);
+    next.run(request).await
+}
+
+/// The viewer [`identify`] found (anonymous when the middleware did not run).
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Viewer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Viewer>()
+            .cloned()
+            .unwrap_or(Viewer::Anonymous))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Forward {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Forward::from_headers(&parts.headers))
+    }
 }
 
 /// Whether `caller` may see what belongs to `owner`.

@@ -1,22 +1,24 @@
 //! The GraphQL schema of `shared/API.md`: queries from the read models (`me`, `user`,
-//! `order`, `orders`), mutations forwarded to the command services.
+//! `users`, `order`, `orders`), mutations forwarded to the command services. Both go
+//! through [`Operations`], as the REST mirror does.
 //!
-//! Errors carry `extensions.code`: `BAD_USER_INPUT` for malformed arguments,
-//! `UNAVAILABLE` when the read models cannot be reached (details are logged, not returned).
+//! Errors carry `extensions.code` ([`crate::error::ApiError`] is the one mapping).
 
 mod mutation;
 mod query;
 mod types;
 
-use async_graphql::{EmptySubscription, ErrorExtensions, Schema};
+use async_graphql::{Context, EmptySubscription, Schema};
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
 
-use tillstream_projections::queries::Reads;
+use tillstream_runtime::grpc::Caller;
 
-use crate::backends::Backends;
+use crate::auth::Viewer;
+use crate::error::ApiError;
+use crate::operations::Operations;
 
 pub type GatewaySchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
@@ -25,10 +27,10 @@ const MAX_DEPTH: usize = 12;
 /// Most complex query accepted (fields weighted by async-graphql's defaults).
 const MAX_COMPLEXITY: usize = 2000;
 
-pub fn schema(reads: Reads, backends: Backends) -> GatewaySchema {
+pub fn schema(operations: Operations) -> GatewaySchema {
     Schema::build(QueryRoot, MutationRoot, EmptySubscription)
-        .data(reads)
-        .data(backends)
+        .data(operations.reads.clone())
+        .data(operations)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
@@ -36,11 +38,19 @@ pub fn schema(reads: Reads, backends: Backends) -> GatewaySchema {
 
 /// An error with `extensions.code`.
 pub fn coded(message: impl Into<String>, code: &'static str) -> async_graphql::Error {
+    use async_graphql::ErrorExtensions;
     async_graphql::Error::new(message.into()).extend_with(|_, ext| ext.set("code", code))
 }
 
-/// A read-model failure: logged in full, returned as UNAVAILABLE without internals.
-pub fn unavailable(error: sqlx::Error) -> async_graphql::Error {
-    tracing::warn!(%error, "read model query failed");
-    coded("the read models are unavailable; retry", "UNAVAILABLE")
+fn operations<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Operations> {
+    ctx.data::<Operations>()
+}
+
+/// The signed-in, active caller of this request, or UNAUTHENTICATED.
+async fn caller(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
+    let viewer = ctx.data::<Viewer>()?;
+    operations(ctx)?
+        .caller(viewer)
+        .await
+        .map_err(ApiError::graphql)
 }

@@ -3,6 +3,8 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use crate::error::ApiError;
+use crate::operations::OrderState;
 use tillstream_projections::queries::{
     OrderHistoryRow, OrderItemRow, OrderWithItems, Reads, UserRow,
 };
@@ -12,6 +14,26 @@ pub enum Role {
     Customer,
     Admin,
     Service,
+}
+
+impl From<tillstream_events::Role> for Role {
+    fn from(role: tillstream_events::Role) -> Self {
+        match role {
+            tillstream_events::Role::Customer => Role::Customer,
+            tillstream_events::Role::Admin => Role::Admin,
+            tillstream_events::Role::Service => Role::Service,
+        }
+    }
+}
+
+impl From<Role> for tillstream_events::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Customer => tillstream_events::Role::Customer,
+            Role::Admin => tillstream_events::Role::Admin,
+            Role::Service => tillstream_events::Role::Service,
+        }
+    }
 }
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -30,6 +52,17 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// The state a `status` filter asks for.
+    pub fn state(self) -> OrderState {
+        match self {
+            OrderStatus::Placed => OrderState::Placed,
+            OrderStatus::Paid => OrderState::Paid,
+            OrderStatus::Shipped => OrderState::Shipped,
+            OrderStatus::Delivered => OrderState::Delivered,
+            OrderStatus::Cancelled => OrderState::Cancelled,
+        }
+    }
+
     fn from_read_model(value: &str) -> Self {
         match value {
             "PAID" => OrderStatus::Paid,
@@ -152,13 +185,12 @@ pub struct Order {
 impl Order {
     /// The order's events, oldest first.
     async fn history(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<OrderEvent>> {
-        let id = uuid::Uuid::parse_str(self.id.as_str())
-            .map_err(|_| super::coded("bad order id", "BAD_USER_INPUT"))?;
+        let id = crate::operations::parse_id(self.id.as_str(), "id").map_err(ApiError::graphql)?;
         let rows = ctx
             .data::<Reads>()?
             .order_history(id)
             .await
-            .map_err(super::unavailable)?;
+            .map_err(|e| ApiError::reads(e).graphql())?;
         Ok(rows.into_iter().map(OrderEvent::from).collect())
     }
 }
