@@ -7,6 +7,7 @@ use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
 use axum::extract::State;
 use axum::response::Html;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tillstream_projections::queries::Reads;
 use tillstream_runtime::grpc_host::{self, HostError};
@@ -18,13 +19,18 @@ use tokio::net::TcpListener;
 use crate::Config;
 use crate::auth::{self, Forward, Viewer};
 use crate::backends::Backends;
+use crate::graphql::OperationSlot;
 use crate::graphql::{self, GatewaySchema};
 use crate::operations::Operations;
+use crate::request_metrics::{self, OperationName, Publisher, RequestMetrics};
 use crate::rest;
+use tillstream_events::Namespace;
+use tillstream_runtime::nats;
 
 pub struct App {
     listener: TcpListener,
     router: Router,
+    publisher: Publisher,
 }
 
 /// The gateway's HTTP routes: GraphQL, GraphiQL, the REST mirror with its OpenAPI
@@ -34,6 +40,7 @@ pub fn router(
     backends: Backends,
     verifier: TokenVerifier,
     readiness: Readiness,
+    metrics: RequestMetrics,
 ) -> Router {
     let operations = Operations::new(reads, backends);
     let schema = graphql::schema(operations.clone());
@@ -49,21 +56,32 @@ pub fn router(
             verifier,
             auth::identify,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            request_metrics::measure,
+        ))
         .merge(ops::router(readiness))
         .layer(axum::middleware::from_fn(ops::track_requests))
 }
 
-/// Runs one GraphQL request as the viewer its bearer token names.
+/// Runs one GraphQL request as the viewer its bearer token names, and labels the
+/// response with the operation for the request metrics.
 async fn execute(
     State(schema): State<GatewaySchema>,
     viewer: Viewer,
     forward: Forward,
     request: GraphQLRequest,
-) -> GraphQLResponse {
-    schema
-        .execute(request.into_inner().data(viewer).data(forward))
-        .await
-        .into()
+) -> axum::response::Response {
+    let request = request.into_inner();
+    let slot = OperationSlot::new(request.operation_name.clone());
+    let answer = schema
+        .execute(request.data(viewer).data(forward).data(slot.clone()))
+        .await;
+    let mut response = GraphQLResponse::from(answer).into_response();
+    response
+        .extensions_mut()
+        .insert(OperationName(slot.label()));
+    response
 }
 
 impl App {
@@ -71,7 +89,12 @@ impl App {
         // The gateway may start before the projector: `connect` applies the schema it reads.
         let reads = Reads::connect(&config.database_url, config.db_pool_size).await?;
         let readiness = Readiness::default().with(reads.readiness());
+        // Metrics go to NATS when it is there; the gateway serves without it.
+        let client = nats::connect(&config.nats.nats_url, "tillstream-gateway", false).await?;
+        let subject = Namespace::new(config.nats.namespace)?.request_metrics_subject("gateway");
+        let (metrics, publisher) = request_metrics::channel(client, subject, config.metrics_buffer);
         Ok(App {
+            publisher,
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
                 reads,
@@ -84,6 +107,7 @@ impl App {
                 .map_err(|e| StartError::Bootstrap(e.to_string()))?,
                 TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
                 readiness,
+                metrics,
             ),
         })
     }
@@ -94,9 +118,12 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Serves until `shutdown`; then the request metrics still queued are published.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
-        ops::serve(self.listener, self.router, shutdown)
-            .await
-            .map_err(HostError::Ops)
+        let publisher = tokio::spawn(self.publisher.run());
+        let served = ops::serve(self.listener, self.router, shutdown).await;
+        // The router (and with it every metrics sender) is gone: the publisher drains.
+        let _ = publisher.await;
+        served.map_err(HostError::Ops)
     }
 }

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use tillstream_runtime::nats::NatsConfig;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Database of the read models.
@@ -58,4 +60,15 @@ pub struct Config {
         default_value = "127.0.0.1:8080"
     )]
     pub http_addr: SocketAddr,
+    /// NATS: where request metrics go (`metrics.requests.gateway`).
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    /// Request metrics queued for NATS at most; beyond it they are dropped and counted
+    /// (`tillstream_gateway_request_metrics_dropped_total`), never making a request wait.
+    #[arg(
+        long = "metrics-buffer",
+        env = "TILLSTREAM_GATEWAY_METRICS_BUFFER",
+        default_value_t = 4096
+    )]
+    pub metrics_buffer: usize,
 }

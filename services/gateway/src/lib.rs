@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod graphql;
 pub mod operations;
+pub mod request_metrics;
 pub mod rest;
 
 pub use app::App;

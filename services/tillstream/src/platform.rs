@@ -191,6 +191,8 @@ impl Platform {
             order_grpc_url: grpc_url(order_grpc, config.tls.is_some()),
             grpc_ca: config.tls_ca.clone(),
             grpc_tls_domain: "localhost".to_owned(),
+            nats: nats.clone(),
+            metrics_buffer: 4096,
         })
         .await
         .map_err(start("gateway"))?;

@@ -4,12 +4,14 @@
 //!
 //! Errors carry `extensions.code` ([`crate::error::ApiError`] is the one mapping).
 
+mod extensions;
 mod mutation;
 mod query;
 mod types;
 
 use async_graphql::{Context, EmptySubscription, Schema};
 
+pub use extensions::OperationSlot;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
@@ -33,6 +35,8 @@ pub fn schema(operations: Operations) -> GatewaySchema {
         .data(operations)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
+        .extension(extensions::OperationLabel)
+        .extension(extensions::CodedRejections)
         .finish()
 }
 
