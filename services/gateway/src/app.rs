@@ -6,9 +6,10 @@ use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
 use axum::extract::State;
+use axum::middleware::from_fn_with_state;
 use axum::response::Html;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tillstream_projections::queries::Reads;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::ops::{self, Readiness};
@@ -19,9 +20,12 @@ use tokio::net::TcpListener;
 use crate::Config;
 use crate::auth::{self, Forward, Viewer};
 use crate::backends::Backends;
+use crate::body_limit::{self, MaxBody};
+use crate::config::Limits;
 use crate::graphql::OperationSlot;
 use crate::graphql::{self, GatewaySchema};
 use crate::operations::Operations;
+use crate::rate_limit::{self, RateLimit};
 use crate::request_metrics::{self, OperationName, Publisher, RequestMetrics};
 use crate::rest;
 use tillstream_events::Namespace;
@@ -31,35 +35,40 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     publisher: Publisher,
+    rate_limit: RateLimit,
 }
 
 /// The gateway's HTTP routes: GraphQL, GraphiQL, the REST mirror with its OpenAPI
 /// document, and the ops endpoints.
+///
+/// Every API request passes, outermost first: request metrics (so refused requests are
+/// measured too), token check ([`auth::identify`]), rate limit, body size limit. The ops
+/// endpoints (`/healthz`, `/readyz`, `/metrics`) are not limited.
 pub fn router(
-    reads: Reads,
-    backends: Backends,
+    operations: Operations,
     verifier: TokenVerifier,
     readiness: Readiness,
     metrics: RequestMetrics,
+    rate_limit: RateLimit,
+    limits: &Limits,
 ) -> Router {
-    let operations = Operations::new(reads, backends);
-    let schema = graphql::schema(operations.clone());
+    let schema = graphql::schema(operations.clone(), limits);
+    let graphql = if limits.graphiql {
+        get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) }).post(execute)
+    } else {
+        post(execute)
+    };
     Router::new()
-        .route(
-            "/graphql",
-            get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) })
-                .post(execute),
-        )
+        .route("/graphql", graphql)
         .with_state(schema)
         .merge(rest::router(operations))
-        .layer(axum::middleware::from_fn_with_state(
-            verifier,
-            auth::identify,
+        .layer(from_fn_with_state(
+            MaxBody(limits.max_body_bytes),
+            body_limit::limit_body,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            request_metrics::measure,
-        ))
+        .layer(from_fn_with_state(rate_limit, rate_limit::limit))
+        .layer(from_fn_with_state(verifier, auth::identify))
+        .layer(from_fn_with_state(metrics, request_metrics::measure))
         .merge(ops::router(readiness))
         .layer(axum::middleware::from_fn(ops::track_requests))
 }
@@ -93,22 +102,29 @@ impl App {
         let client = nats::connect(&config.nats.nats_url, "tillstream-gateway", false).await?;
         let subject = Namespace::new(config.nats.namespace)?.request_metrics_subject("gateway");
         let (metrics, publisher) = request_metrics::channel(client, subject, config.metrics_buffer);
+        let backends = Backends::connect(
+            &config.user_grpc_url,
+            &config.order_grpc_url,
+            config.grpc_ca.as_ref(),
+            &config.grpc_tls_domain,
+        )
+        .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        let rate_limit = RateLimit::new(
+            config.limits.rate_limit_per_second,
+            config.limits.rate_limit_burst,
+        );
         Ok(App {
             publisher,
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
-                reads,
-                Backends::connect(
-                    &config.user_grpc_url,
-                    &config.order_grpc_url,
-                    config.grpc_ca.as_ref(),
-                    &config.grpc_tls_domain,
-                )
-                .map_err(|e| StartError::Bootstrap(e.to_string()))?,
+                Operations::new(reads, backends),
                 TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
                 readiness,
                 metrics,
+                rate_limit.clone(),
+                &config.limits,
             ),
+            rate_limit,
         })
     }
 
@@ -121,7 +137,15 @@ impl App {
     /// Serves until `shutdown`; then the request metrics still queued are published.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
         let publisher = tokio::spawn(self.publisher.run());
-        let served = ops::serve(self.listener, self.router, shutdown).await;
+        tokio::spawn(self.rate_limit.housekeeping(shutdown.clone()));
+        // With the peer address, for the rate limit of anonymous callers.
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
         // The router (and with it every metrics sender) is gone: the publisher drains.
         let _ = publisher.await;
         served.map_err(HostError::Ops)

@@ -10,10 +10,12 @@
 pub mod app;
 pub mod auth;
 pub mod backends;
+pub mod body_limit;
 pub mod config;
 pub mod error;
 pub mod graphql;
 pub mod operations;
+pub mod rate_limit;
 pub mod request_metrics;
 pub mod rest;
 

@@ -19,25 +19,26 @@ pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
 use tillstream_runtime::grpc::Caller;
 
 use crate::auth::Viewer;
+use crate::config::Limits;
 use crate::error::ApiError;
 use crate::operations::Operations;
 
 pub type GatewaySchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
-/// Deepest query accepted; deeper ones are refused before they run.
-const MAX_DEPTH: usize = 12;
-/// Most complex query accepted (fields weighted by async-graphql's defaults).
-const MAX_COMPLEXITY: usize = 2000;
-
-pub fn schema(operations: Operations) -> GatewaySchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+/// The schema. Queries deeper or more complex than `limits` allow are refused before they
+/// run, with `extensions.code = BAD_USER_INPUT` and `extensions.limit`.
+pub fn schema(operations: Operations, limits: &Limits) -> GatewaySchema {
+    let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
         .data(operations.reads.clone())
         .data(operations)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
+        .limit_depth(limits.graphql_max_depth)
+        .limit_complexity(limits.graphql_max_complexity)
         .extension(extensions::OperationLabel)
-        .extension(extensions::CodedRejections)
-        .finish()
+        .extension(extensions::CodedRejections);
+    if !limits.graphql_introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
 }
 
 /// An error with `extensions.code`.

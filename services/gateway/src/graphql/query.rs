@@ -10,6 +10,14 @@ use crate::operations::{Page, PageRequest, parse_id};
 
 pub struct QueryRoot;
 
+/// A page costs its size times what one item asks for, so a query's complexity bounds the
+/// rows it can make the gateway load.
+pub(super) fn page_complexity(first: i32, child_complexity: usize) -> usize {
+    usize::try_from(first.max(1))
+        .unwrap_or(1)
+        .saturating_mul(child_complexity)
+}
+
 fn connection<R, T: async_graphql::OutputType>(
     page: Page<R>,
     node: impl Fn(R) -> T,
@@ -71,6 +79,7 @@ impl QueryRoot {
     }
 
     /// Every user, newest first, as a Relay connection (admins only).
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn users(
         &self,
         ctx: &Context<'_>,
@@ -93,6 +102,7 @@ impl QueryRoot {
 
     /// Orders newest first, optionally of one user and in one state, as a Relay
     /// connection. Customers see only their own.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn orders(
         &self,
         ctx: &Context<'_>,
