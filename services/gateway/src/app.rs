@@ -83,8 +83,9 @@ async fn execute(
 ) -> axum::response::Response {
     let request = request.into_inner();
     let slot = OperationSlot::new(request.operation_name.clone());
+    let request = request.data(viewer).data(forward).data(slot.clone());
     let answer = schema
-        .execute(request.data(viewer).data(forward).data(slot.clone()))
+        .execute(graphql::with_loaders(&schema, request))
         .await;
     let mut response = GraphQLResponse::from(answer).into_response();
     response

@@ -5,6 +5,7 @@
 //! Errors carry `extensions.code` ([`crate::error::ApiError`] is the one mapping).
 
 mod extensions;
+mod loaders;
 mod mutation;
 mod query;
 mod types;
@@ -12,6 +13,7 @@ mod types;
 use async_graphql::{Context, EmptySubscription, Schema};
 
 pub use extensions::OperationSlot;
+pub use loaders::Loaders;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
@@ -41,18 +43,23 @@ pub fn schema(operations: Operations, limits: &Limits) -> GatewaySchema {
     builder.finish()
 }
 
-/// An error with `extensions.code`.
-pub fn coded(message: impl Into<String>, code: &'static str) -> async_graphql::Error {
-    use async_graphql::ErrorExtensions;
-    async_graphql::Error::new(message.into()).extend_with(|_, ext| ext.set("code", code))
+/// `request` with fresh DataLoaders over the schema's read models (one set per request).
+pub fn with_loaders(
+    schema: &GatewaySchema,
+    request: async_graphql::Request,
+) -> async_graphql::Request {
+    match schema.data::<tillstream_projections::queries::Reads>() {
+        Some(reads) => Loaders::attach(request, reads),
+        None => request,
+    }
 }
 
-fn operations<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Operations> {
+pub(crate) fn operations<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Operations> {
     ctx.data::<Operations>()
 }
 
 /// The signed-in, active caller of this request, or UNAUTHENTICATED.
-async fn caller(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
+pub(crate) async fn caller(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
     let viewer = ctx.data::<Viewer>()?;
     operations(ctx)?
         .caller(viewer)

@@ -4,7 +4,7 @@ use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result};
 
 use super::types::{Order, OrderStatus, User};
-use super::{caller, operations};
+use super::{caller, loaders, operations};
 use crate::error::ApiError;
 use crate::operations::{Page, PageRequest, parse_id};
 
@@ -97,7 +97,11 @@ impl QueryRoot {
             )
             .await
             .map_err(ApiError::graphql)?;
-        Ok(connection(page, User::from))
+        let connection = connection(page, User::from);
+        let users: Vec<User> = connection.edges.iter().map(|e| e.node.clone()).collect();
+        loaders::prime_user_page(ctx, ctx.look_ahead().field("edges").field("node"), &users)
+            .await?;
+        Ok(connection)
     }
 
     /// Orders newest first, optionally of one user and in one state, as a Relay
@@ -129,6 +133,10 @@ impl QueryRoot {
             )
             .await
             .map_err(ApiError::graphql)?;
-        Ok(connection(page, Order::from))
+        let connection = connection(page, Order::from);
+        let orders: Vec<Order> = connection.edges.iter().map(|e| e.node.clone()).collect();
+        loaders::prime_order_page(ctx, ctx.look_ahead().field("edges").field("node"), &orders)
+            .await?;
+        Ok(connection)
     }
 }
