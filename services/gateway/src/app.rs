@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
 use axum::extract::State;
+use axum::extract::WebSocketUpgrade;
 use axum::middleware::from_fn_with_state;
 use axum::response::Html;
 use axum::response::IntoResponse;
@@ -22,8 +24,8 @@ use crate::auth::{self, Forward, Viewer};
 use crate::backends::Backends;
 use crate::body_limit::{self, MaxBody};
 use crate::config::Limits;
-use crate::graphql::OperationSlot;
 use crate::graphql::{self, GatewaySchema};
+use crate::graphql::{OperationSlot, OrderEvents};
 use crate::operations::Operations;
 use crate::rate_limit::{self, RateLimit};
 use crate::request_metrics::{self, OperationName, Publisher, RequestMetrics};
@@ -46,13 +48,14 @@ pub struct App {
 /// endpoints (`/healthz`, `/readyz`, `/metrics`) are not limited.
 pub fn router(
     operations: Operations,
+    events: OrderEvents,
     verifier: TokenVerifier,
     readiness: Readiness,
     metrics: RequestMetrics,
     rate_limit: RateLimit,
     limits: &Limits,
 ) -> Router {
-    let schema = graphql::schema(operations.clone(), limits);
+    let schema = graphql::schema(operations.clone(), events, limits);
     let graphql = if limits.graphiql {
         get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) }).post(execute)
     } else {
@@ -60,7 +63,14 @@ pub fn router(
     };
     Router::new()
         .route("/graphql", graphql)
-        .with_state(schema)
+        .with_state(schema.clone())
+        .route(
+            "/graphql/ws",
+            get(subscribe).with_state(Subscriptions {
+                schema,
+                verifier: verifier.clone(),
+            }),
+        )
         .merge(rest::router(operations))
         .layer(from_fn_with_state(
             MaxBody(limits.max_body_bytes),
@@ -94,6 +104,46 @@ async fn execute(
     response
 }
 
+#[derive(Clone)]
+struct Subscriptions {
+    schema: GatewaySchema,
+    verifier: TokenVerifier,
+}
+
+/// GraphQL over WebSocket (`graphql-transport-ws`, or the older `graphql-ws`). The
+/// caller is named by `{"authorization": "Bearer <jwt>"}` in the `connection_init`
+/// payload (browsers cannot set headers on a WebSocket), else by the upgrade request's
+/// `authorization` header.
+async fn subscribe(
+    State(subscriptions): State<Subscriptions>,
+    viewer: Viewer,
+    forward: Forward,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> axum::response::Response {
+    let Subscriptions { schema, verifier } = subscriptions;
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let authorization = payload
+                        .get("authorization")
+                        .or_else(|| payload.get("Authorization"))
+                        .and_then(|v| v.as_str());
+                    let viewer = match authorization {
+                        Some(value) => Viewer::from_authorization(&verifier, value),
+                        None => viewer,
+                    };
+                    let mut data = async_graphql::Data::default();
+                    data.insert(viewer);
+                    data.insert(forward);
+                    Ok(data)
+                })
+                .serve()
+        })
+}
+
 impl App {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         // The gateway may start before the projector: `connect` applies the schema it reads.
@@ -101,7 +151,9 @@ impl App {
         let readiness = Readiness::default().with(reads.readiness());
         // Metrics go to NATS when it is there; the gateway serves without it.
         let client = nats::connect(&config.nats.nats_url, "tillstream-gateway", false).await?;
-        let subject = Namespace::new(config.nats.namespace)?.request_metrics_subject("gateway");
+        let namespace = Namespace::new(config.nats.namespace)?;
+        let subject = namespace.request_metrics_subject("gateway");
+        let events = OrderEvents::new(client.clone(), namespace);
         let (metrics, publisher) = request_metrics::channel(client, subject, config.metrics_buffer);
         let backends = Backends::connect(
             &config.user_grpc_url,
@@ -119,6 +171,7 @@ impl App {
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
                 Operations::new(reads, backends),
+                events,
                 TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
                 readiness,
                 metrics,

@@ -26,11 +26,19 @@ pub enum Viewer {
 impl Viewer {
     /// Reads `authorization: Bearer <jwt>`.
     pub fn from_headers(verifier: &TokenVerifier, headers: &HeaderMap) -> Self {
-        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
-            return Viewer::Anonymous;
-        };
-        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
-        match token.map(|t| verifier.verify(t.trim())) {
+        match headers.get(axum::http::header::AUTHORIZATION) {
+            None => Viewer::Anonymous,
+            Some(value) => Self::from_authorization(verifier, value.to_str().ok().unwrap_or("")),
+        }
+    }
+
+    /// Reads an `authorization` value, `Bearer <jwt>` (a header, or the `authorization`
+    /// field of a WebSocket's `connection_init` payload).
+    pub fn from_authorization(verifier: &TokenVerifier, value: &str) -> Self {
+        match value
+            .strip_prefix("Bearer ")
+            .map(|t| verifier.verify(t.trim()))
+        {
             Some(Ok(claims)) => Viewer::Caller(Caller::from(claims)),
             _ => Viewer::InvalidToken,
         }

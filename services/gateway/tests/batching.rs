@@ -109,7 +109,11 @@ async fn a_page_of_orders_costs_a_constant_number_of_statements() {
         graphql_max_complexity: 1_000_000,
         ..Limits::default()
     };
-    let schema = graphql::schema(Operations::new(reads.clone(), backends), &limits);
+    let nats = async_nats::connect(tillstream_testkit::nats_url())
+        .await
+        .unwrap();
+    let events = graphql::OrderEvents::new(nats, env.namespace.clone());
+    let schema = graphql::schema(Operations::new(reads.clone(), backends), events, &limits);
 
     let (small, _) = run(&schema, &reads, 10).await;
     let (large, answer) = run(&schema, &reads, 100).await;

@@ -8,14 +8,16 @@ mod extensions;
 mod loaders;
 mod mutation;
 mod query;
+mod subscription;
 mod types;
 
-use async_graphql::{Context, EmptySubscription, Schema};
+use async_graphql::{Context, Schema};
 
 pub use extensions::OperationSlot;
 pub use loaders::Loaders;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
+pub use subscription::{OrderEvents, SubscriptionRoot};
 pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
 
 use tillstream_runtime::grpc::Caller;
@@ -25,13 +27,14 @@ use crate::config::Limits;
 use crate::error::ApiError;
 use crate::operations::Operations;
 
-pub type GatewaySchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// The schema. Queries deeper or more complex than `limits` allow are refused before they
 /// run, with `extensions.code = BAD_USER_INPUT` and `extensions.limit`.
-pub fn schema(operations: Operations, limits: &Limits) -> GatewaySchema {
-    let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+pub fn schema(operations: Operations, events: OrderEvents, limits: &Limits) -> GatewaySchema {
+    let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(operations.reads.clone())
+        .data(events)
         .data(operations)
         .limit_depth(limits.graphql_max_depth)
         .limit_complexity(limits.graphql_max_complexity)
