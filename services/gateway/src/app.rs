@@ -20,7 +20,7 @@ use tillstream_runtime::{Shutdown, StartError};
 use tokio::net::TcpListener;
 
 use crate::Config;
-use crate::auth::{self, Forward, Viewer};
+use crate::auth::{self, Forward, MinVersions, Viewer};
 use crate::backends::Backends;
 use crate::body_limit::{self, MaxBody};
 use crate::config::Limits;
@@ -89,11 +89,16 @@ async fn execute(
     State(schema): State<GatewaySchema>,
     viewer: Viewer,
     forward: Forward,
+    min_versions: MinVersions,
     request: GraphQLRequest,
 ) -> axum::response::Response {
     let request = request.into_inner();
     let slot = OperationSlot::new(request.operation_name.clone());
-    let request = request.data(viewer).data(forward).data(slot.clone());
+    let request = request
+        .data(viewer)
+        .data(forward)
+        .data(min_versions)
+        .data(slot.clone());
     let answer = schema
         .execute(graphql::with_loaders(&schema, request))
         .await;

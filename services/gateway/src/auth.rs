@@ -161,3 +161,74 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Forward {
 pub fn may_see(caller: &Caller, owner: Uuid) -> bool {
     caller.may_act_for(&owner.to_string())
 }
+
+/// Read-your-writes hints from `x-min-version: <aggregate>:<id>:<version>` headers (one per
+/// header line, or comma-separated): a read of that aggregate waits for that version, as
+/// with the `minVersion` argument. Malformed entries are ignored.
+#[derive(Debug, Clone, Default)]
+pub struct MinVersions(Vec<(String, Uuid, i64)>);
+
+impl MinVersions {
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let entries = headers
+            .get_all("x-min-version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|entry| {
+                let mut parts = entry.trim().splitn(3, ':');
+                let aggregate = parts.next()?.to_owned();
+                let id = Uuid::parse_str(parts.next()?).ok()?;
+                let version = parts.next()?.parse().ok()?;
+                Some((aggregate, id, version))
+            })
+            .collect();
+        MinVersions(entries)
+    }
+
+    /// The version to wait for on aggregate `aggregate` `id`: the larger of `asked` and
+    /// the header's hint.
+    pub fn for_read(&self, aggregate: &str, id: Uuid, asked: Option<i64>) -> Option<i64> {
+        self.0
+            .iter()
+            .filter(|(a, i, _)| a == aggregate && *i == id)
+            .map(|(_, _, v)| *v)
+            .chain(asked)
+            .max()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MinVersions {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(MinVersions::from_headers(&parts.headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_version_headers_apply_to_their_aggregate_only() {
+        let order = Uuid::now_v7();
+        let other = Uuid::now_v7();
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "x-min-version",
+            format!("order:{order}:3, user:{other}:2, garbage")
+                .parse()
+                .unwrap(),
+        );
+        headers.append("x-min-version", format!("order:{order}:5").parse().unwrap());
+        let hints = MinVersions::from_headers(&headers);
+        assert_eq!(hints.for_read("order", order, None), Some(5));
+        assert_eq!(hints.for_read("order", order, Some(7)), Some(7));
+        assert_eq!(hints.for_read("order", other, None), None);
+        assert_eq!(hints.for_read("user", other, Some(1)), Some(2));
+    }
+}

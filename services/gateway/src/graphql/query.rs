@@ -5,6 +5,7 @@ use async_graphql::{Context, ID, Object, Result};
 
 use super::types::{Order, OrderStatus, User};
 use super::{caller, loaders, operations};
+use crate::auth::MinVersions;
 use crate::error::ApiError;
 use crate::operations::{Page, PageRequest, parse_id};
 
@@ -44,7 +45,8 @@ impl QueryRoot {
     }
 
     /// A user by id, or null when there is none. Customers may read only themselves.
-    /// With `minVersion` (a command's answer), waits up to 2 s for the read model to have it.
+    /// With `minVersion` (a command's answer) or an `x-min-version: user:<id>:<version>`
+    /// header, waits up to 2 s for the read model to have it.
     async fn user(
         &self,
         ctx: &Context<'_>,
@@ -53,6 +55,9 @@ impl QueryRoot {
     ) -> Result<Option<User>> {
         let caller = caller(ctx).await?;
         let id = parse_id(&id, "id").map_err(ApiError::graphql)?;
+        let min_version = ctx
+            .data::<MinVersions>()
+            .map_or(min_version, |hints| hints.for_read("user", id, min_version));
         let user = operations(ctx)?
             .user(&caller, id, min_version)
             .await
@@ -61,8 +66,9 @@ impl QueryRoot {
     }
 
     /// An order by id, with its items, or null when there is none (or it is another
-    /// customer's). With `minVersion` (a command's answer), waits up to 2 s for the read
-    /// model to have it.
+    /// customer's). With `minVersion` (a command's answer) or an
+    /// `x-min-version: order:<id>:<version>` header, waits up to 2 s for the read model to
+    /// have it.
     async fn order(
         &self,
         ctx: &Context<'_>,
@@ -71,6 +77,9 @@ impl QueryRoot {
     ) -> Result<Option<Order>> {
         let caller = caller(ctx).await?;
         let id = parse_id(&id, "id").map_err(ApiError::graphql)?;
+        let min_version = ctx.data::<MinVersions>().map_or(min_version, |hints| {
+            hints.for_read("order", id, min_version)
+        });
         let order = operations(ctx)?
             .order(&caller, id, min_version)
             .await

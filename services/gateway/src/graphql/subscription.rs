@@ -67,6 +67,10 @@ impl OrderEvents {
     }
 }
 
+/// Longest an update waits for the read model to reach the event's version before the
+/// subscriber is told UNAVAILABLE (longer than a query's 2 s: nobody is blocked on it).
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct SubscriptionRoot;
 
 #[Subscription]
@@ -109,7 +113,10 @@ impl SubscriptionRoot {
                     return None;
                 }
                 let order_id = Uuid::parse_str(&event.aggregate_id).ok()?;
-                match ops.order(&caller, order_id, Some(version)).await {
+                match ops
+                    .order_within(&caller, order_id, Some(version), CATCH_UP_WAIT)
+                    .await
+                {
                     Ok(Some(order)) => Some(Ok(Order::from(order))),
                     Ok(None) => None, // not this caller's
                     Err(error) => Some(Err(error.graphql())),

@@ -20,7 +20,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Forward, Viewer};
+use crate::auth::{Forward, MinVersions, Viewer};
 use crate::error::{ApiError, ErrorBody};
 use crate::operations::{NewOrder, NewOrderItem, NewUser, Operations, PageRequest, parse_id};
 use model::{
@@ -202,7 +202,8 @@ async fn list_users(
 
 /// A user. Customers may read only themselves.
 #[utoipa::path(get, path = "/users/{id}", tag = "users",
-    params(("id" = String, Path, description = "User id (UUID)"), ReadParams),
+    params(("id" = String, Path, description = "User id (UUID)"), ReadParams,
+        ("x-min-version" = Option<String>, Header, description = "`user:<id>:<version>`: read your own write, as `min_version`")),
     security(("bearer" = [])),
     responses(
         (status = 200, body = User),
@@ -213,12 +214,13 @@ async fn list_users(
 async fn get_user(
     State(ops): State<Operations>,
     viewer: Viewer,
+    hints: MinVersions,
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<User>, ApiError> {
     let caller = ops.caller(&viewer).await?;
     let id = parse_id(&id, "id")?;
-    ops.user(&caller, id, params.min_version)
+    ops.user(&caller, id, hints.for_read("user", id, params.min_version))
         .await?
         .map(|u| Json(User::from(u)))
         .ok_or_else(|| ApiError::NotFound(format!("no user {id}")))
@@ -300,7 +302,8 @@ async fn place_order(
 
 /// An order with its items. Another customer's order is NOT_FOUND.
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders",
-    params(("id" = String, Path, description = "Order id (UUID)"), ReadParams),
+    params(("id" = String, Path, description = "Order id (UUID)"), ReadParams,
+        ("x-min-version" = Option<String>, Header, description = "`order:<id>:<version>`: read your own write, as `min_version`")),
     security(("bearer" = [])),
     responses(
         (status = 200, body = Order),
@@ -310,12 +313,13 @@ async fn place_order(
 async fn get_order(
     State(ops): State<Operations>,
     viewer: Viewer,
+    hints: MinVersions,
     Path(id): Path<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Json<Order>, ApiError> {
     let caller = ops.caller(&viewer).await?;
     let id = parse_id(&id, "id")?;
-    ops.order(&caller, id, params.min_version)
+    ops.order(&caller, id, hints.for_read("order", id, params.min_version))
         .await?
         .map(|o| Json(Order::from(o)))
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
