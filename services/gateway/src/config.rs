@@ -53,7 +53,7 @@ pub struct Config {
         default_value = "localhost"
     )]
     pub grpc_tls_domain: String,
-    /// HTTP listen address: /graphql, /healthz, /readyz, /metrics.
+    /// HTTP listen address: /graphql, /graphql/ws, /api/v1, /healthz, /readyz, /metrics.
     #[arg(
         long = "http-addr",
         env = "TILLSTREAM_GATEWAY_HTTP_ADDR",
@@ -109,8 +109,8 @@ pub struct Limits {
         default_value_t = 12
     )]
     pub graphql_max_depth: usize,
-    /// Most complex GraphQL query accepted (one point per field, connections weighted by
-    /// async-graphql's defaults).
+    /// Most complex GraphQL query accepted (one point per field; a page costs `first` times
+    /// the fields asked of each item).
     #[arg(
         long = "graphql-max-complexity",
         env = "TILLSTREAM_GRAPHQL_MAX_COMPLEXITY",
