@@ -1,7 +1,13 @@
 //! Queries on the read models (`users`, `orders`, `order_items`), for the gateway and for
 //! the command services' list and precondition checks. Every query is parameterised.
+//!
+//! Each [`Reads`] handle counts the SQL statements it sends ([`Reads::statements_issued`]),
+//! so a test can bound what one request costs (no N+1 queries) without a server-side
+//! extension.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -25,6 +31,7 @@ pub struct UserRow {
 /// One event of an order, as `order_history` keeps it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderHistoryRow {
+    pub order_id: Uuid,
     pub sequence: i64,
     pub event_type: String,
     pub actor_id: Option<String>,
@@ -66,11 +73,28 @@ pub struct OrderWithItems {
 #[derive(Clone)]
 pub struct Reads {
     pool: PgPool,
+    statements: Arc<AtomicU64>,
 }
+
+const USER_COLUMNS: &str = "id, email, username, full_name, role, status, created_at, updated_at, version, order_count, total_spent_cents";
 
 impl Reads {
     pub fn new(pool: PgPool) -> Self {
-        Reads { pool }
+        Reads {
+            pool,
+            statements: Arc::default(),
+        }
+    }
+
+    /// The pool, counting one statement.
+    fn counted(&self) -> &PgPool {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        &self.pool
+    }
+
+    /// SQL statements sent through this handle (and its clones) so far.
+    pub fn statements_issued(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
     }
 
     /// Connects to the read-model database at `url`, creating it and applying the schema
@@ -82,7 +106,7 @@ impl Reads {
         tillstream_runtime::postgres::ensure_database(url).await?;
         let pool = tillstream_runtime::postgres::pool(url, pool_size)?;
         crate::migrate(&pool).await?;
-        Ok(Reads { pool })
+        Ok(Reads::new(pool))
     }
 
     /// Readiness of the read-model database.
@@ -105,7 +129,7 @@ impl Reads {
         )
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.counted())
         .await
     }
 
@@ -114,25 +138,66 @@ impl Reads {
     pub async fn user_status(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT status FROM users WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.counted())
             .await
     }
 
     /// The events of order `id`, oldest first.
     pub async fn order_history(&self, id: Uuid) -> Result<Vec<OrderHistoryRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT sequence, event_type, actor_id, actor_role, correlation_id, occurred_at, payload \
+            "SELECT order_id, sequence, event_type, actor_id, actor_role, correlation_id, occurred_at, payload \
              FROM order_history WHERE order_id = $1 ORDER BY sequence",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.counted())
         .await
+    }
+
+    /// The events of every order in `ids`, oldest first per order, in one query.
+    pub async fn order_histories(&self, ids: &[Uuid]) -> Result<Vec<OrderHistoryRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT order_id, sequence, event_type, actor_id, actor_role, correlation_id, occurred_at, payload \
+             FROM order_history WHERE order_id = ANY($1) ORDER BY order_id, sequence",
+        )
+        .bind(ids)
+        .fetch_all(self.counted())
+        .await
+    }
+
+    /// The users in `ids` that exist, in one query.
+    pub async fn users_by_ids(&self, ids: &[Uuid]) -> Result<Vec<UserRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(self.counted())
+        .await
+    }
+
+    /// The newest `per_user` orders of each user in `user_ids`, newest first per user,
+    /// with their lines: two queries whatever the number of users.
+    pub async fn recent_orders_of(
+        &self,
+        user_ids: &[Uuid],
+        per_user: i64,
+    ) -> Result<Vec<OrderWithItems>, sqlx::Error> {
+        let orders: Vec<OrderRow> = sqlx::query_as(
+            "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM \
+               (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY id DESC) AS rank \
+                FROM orders WHERE user_id = ANY($1)) ranked \
+             WHERE rank <= $2 ORDER BY user_id, id DESC",
+        )
+        .bind(user_ids)
+        .bind(per_user)
+        .fetch_all(self.counted())
+        .await?;
+        self.with_items(orders).await
     }
 
     pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
         sqlx::query_as("SELECT id, email, username, full_name, role, status, created_at, updated_at, version, order_count, total_spent_cents FROM users WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.counted())
             .await
     }
 
@@ -141,7 +206,7 @@ impl Reads {
             "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM orders WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.counted())
         .await?;
         match order {
             Some(order) => Ok(self.with_items(vec![order]).await?.pop()),
@@ -168,7 +233,7 @@ impl Reads {
         .bind(status)
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.counted())
         .await?;
         self.with_items(orders).await
     }
@@ -184,7 +249,7 @@ impl Reads {
              WHERE order_id = ANY($1) ORDER BY order_id, line_no",
         )
         .bind(&ids)
-        .fetch_all(&self.pool)
+        .fetch_all(self.counted())
         .await?;
         let mut by_order: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
         for row in rows {

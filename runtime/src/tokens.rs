@@ -3,19 +3,34 @@
 //!
 //! Development keys are generated on first start into `<data_dir>/keys/` (mode 0600 for
 //! the private key) and never committed. Production installs put their own PEM files there.
+//!
+//! Key rotation: every token names its signing key in the JWT header (`kid`, a
+//! fingerprint of the public key). Verifiers accept the current public key and every
+//! public key listed in `<data_dir>/keys-retired/*.pem`, chosen by `kid`; a token naming
+//! any other key is refused. To rotate: copy `keys/jwt-ed25519.pub.pem` into
+//! `keys-retired/`, remove `keys/`, restart the user service (it generates a new pair), then
+//! give the verifiers the new public key and restart them. Tokens signed with the old key
+//! keep working until they expire or its file is removed from `keys-retired/`. A token
+//! without `kid` (issued before rotation existed) is checked against the current key.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::SigningKey;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tillstream_events::Role;
 
 const PRIVATE_KEY_FILE: &str = "jwt-ed25519.pem";
 const PUBLIC_KEY_FILE: &str = "jwt-ed25519.pub.pem";
+/// Beside `keys/`: public keys no longer signing, still accepted by `kid`.
+const RETIRED_DIR: &str = "keys-retired";
 /// `iss` and `aud` of every token this installation issues.
 const ISSUER: &str = "tillstream";
 
@@ -40,6 +55,10 @@ pub enum TokenError {
     Sign(#[source] jsonwebtoken::errors::Error),
     #[error("invalid token: {0}")]
     Invalid(#[source] jsonwebtoken::errors::Error),
+    #[error("key file {path} is not an Ed25519 PEM key: {reason}")]
+    KeyFormat { path: PathBuf, reason: String },
+    #[error("the token names key `{0}`, which is not a current or retired key")]
+    UnknownKey(String),
 }
 
 /// What a token says about its bearer.
@@ -59,6 +78,8 @@ pub struct Claims {
 pub struct KeyPaths {
     pub private: PathBuf,
     pub public: PathBuf,
+    /// Folder of retired public keys (`*.pem`), still accepted for the tokens they signed.
+    pub retired: PathBuf,
 }
 
 impl KeyPaths {
@@ -67,6 +88,7 @@ impl KeyPaths {
         KeyPaths {
             private: keys.join(PRIVATE_KEY_FILE),
             public: keys.join(PUBLIC_KEY_FILE),
+            retired: data_dir.join(RETIRED_DIR),
         }
     }
 
@@ -153,18 +175,57 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Signs access tokens (user service only).
+/// The `kid` of a public key: the first 8 bytes of its SHA-256, in hex.
+pub fn key_id(key: &VerifyingKey) -> String {
+    Sha256::digest(key.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn format_error(path: &Path) -> impl FnOnce(String) -> TokenError + '_ {
+    move |reason| TokenError::KeyFormat {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// A public key file: its `kid` and the key to verify with.
+fn public_key(path: &Path) -> Result<(String, DecodingKey), TokenError> {
+    let pem = read(path)?;
+    let text = std::str::from_utf8(&pem).map_err(|e| format_error(path)(e.to_string()))?;
+    let verifying =
+        VerifyingKey::from_public_key_pem(text).map_err(|e| format_error(path)(e.to_string()))?;
+    let key = DecodingKey::from_ed_pem(&pem).map_err(TokenError::InvalidKey)?;
+    Ok((key_id(&verifying), key))
+}
+
+/// Signs access tokens (user service only), naming the key in the header (`kid`).
 #[derive(Clone)]
 pub struct TokenIssuer {
     key: EncodingKey,
+    kid: String,
     lifetime: Duration,
 }
 
 impl TokenIssuer {
     pub fn load(paths: &KeyPaths, lifetime: Duration) -> Result<Self, TokenError> {
-        let key =
-            EncodingKey::from_ed_pem(&read(&paths.private)?).map_err(TokenError::InvalidKey)?;
-        Ok(TokenIssuer { key, lifetime })
+        let pem = read(&paths.private)?;
+        let text =
+            std::str::from_utf8(&pem).map_err(|e| format_error(&paths.private)(e.to_string()))?;
+        let signing = SigningKey::from_pkcs8_pem(text)
+            .map_err(|e| format_error(&paths.private)(e.to_string()))?;
+        let key = EncodingKey::from_ed_pem(&pem).map_err(TokenError::InvalidKey)?;
+        Ok(TokenIssuer {
+            key,
+            kid: key_id(&signing.verifying_key()),
+            lifetime,
+        })
+    }
+
+    /// The `kid` this issuer writes into its tokens.
+    pub fn key_id(&self) -> &str {
+        &self.kid
     }
 
     pub fn lifetime(&self) -> Duration {
@@ -182,36 +243,68 @@ impl TokenIssuer {
             iss: ISSUER.to_owned(),
             aud: ISSUER.to_owned(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
-            .map_err(TokenError::Sign)
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(TokenError::Sign)
     }
 }
 
-/// Verifies access tokens with the public key: signature, algorithm (EdDSA only, so
+/// Verifies access tokens with the public keys: signature with the key the token's `kid`
+/// names (current or retired; any other is refused), algorithm (EdDSA only, so
 /// `alg: none` and HMAC confusion are refused), expiry, issuer and audience.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    key: DecodingKey,
+    keys: Arc<HashMap<String, DecodingKey>>,
+    current: String,
     validation: Validation,
 }
 
 impl TokenVerifier {
+    /// The current public key and every retired one in `paths.retired` (when it exists).
     pub fn load(paths: &KeyPaths) -> Result<Self, TokenError> {
         if !paths.public.exists() {
             return Err(TokenError::MissingPublicKey(paths.public.clone()));
         }
-        let key =
-            DecodingKey::from_ed_pem(&read(&paths.public)?).map_err(TokenError::InvalidKey)?;
+        let (current, key) = public_key(&paths.public)?;
+        let mut keys = HashMap::from([(current.clone(), key)]);
+        if paths.retired.is_dir() {
+            let entries =
+                std::fs::read_dir(&paths.retired).map_err(|source| TokenError::KeyFile {
+                    path: paths.retired.clone(),
+                    source,
+                })?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "pem") {
+                    let (kid, key) = public_key(&path)?;
+                    keys.entry(kid).or_insert(key);
+                }
+            }
+        }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
         validation.leeway = 5;
-        Ok(TokenVerifier { key, validation })
+        Ok(TokenVerifier {
+            keys: Arc::new(keys),
+            current,
+            validation,
+        })
+    }
+
+    /// The `kid`s accepted, current first.
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort_by_key(|id| (*id != self.current, id.clone()));
+        ids
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let header = jsonwebtoken::decode_header(token).map_err(TokenError::Invalid)?;
+        let kid = header.kid.unwrap_or_else(|| self.current.clone());
+        let key = self.keys.get(&kid).ok_or(TokenError::UnknownKey(kid))?;
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|data| data.claims)
             .map_err(TokenError::Invalid)
     }
@@ -239,6 +332,66 @@ mod tests {
         let forged = TokenIssuer::load(&other, Duration::from_secs(60)).unwrap();
         let forged_token = forged.issue("u-1", Role::Admin).unwrap();
         assert!(verifier.verify(&forged_token).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(other_dir);
+    }
+
+    #[test]
+    fn retired_keys_still_verify_by_kid_and_unknown_kids_are_refused() {
+        let dir = std::env::temp_dir().join(format!("ts-keys-{}", uuid::Uuid::new_v4()));
+        let paths = KeyPaths::in_dir(&dir);
+        paths.ensure_generated().unwrap();
+        let old = TokenIssuer::load(&paths, Duration::from_secs(60)).unwrap();
+        let old_token = old.issue("u-1", Role::Customer).unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&old_token)
+                .unwrap()
+                .kid
+                .as_deref(),
+            Some(old.key_id())
+        );
+
+        // Rotate: retire the public key, make a new pair.
+        std::fs::create_dir_all(&paths.retired).unwrap();
+        std::fs::copy(&paths.public, paths.retired.join("2026-11.pem")).unwrap();
+        std::fs::remove_dir_all(dir.join("keys")).unwrap();
+        paths.ensure_generated().unwrap();
+        let new = TokenIssuer::load(&paths, Duration::from_secs(60)).unwrap();
+        assert_ne!(new.key_id(), old.key_id());
+        let verifier = TokenVerifier::load(&paths).unwrap();
+        assert_eq!(verifier.key_ids()[0], new.key_id(), "current key first");
+        assert_eq!(verifier.key_ids().len(), 2);
+        let new_token = new.issue("u-2", Role::Admin).unwrap();
+        assert_eq!(verifier.verify(&new_token).unwrap().sub, "u-2");
+        assert_eq!(
+            verifier.verify(&old_token).unwrap().sub,
+            "u-1",
+            "a token of a retired, listed key verifies"
+        );
+
+        // A kid nobody lists is refused, even re-signed with a listed key's kid swapped in.
+        let other_dir = std::env::temp_dir().join(format!("ts-keys-{}", uuid::Uuid::new_v4()));
+        let other = KeyPaths::in_dir(&other_dir);
+        other.ensure_generated().unwrap();
+        let foreign = TokenIssuer::load(&other, Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            verifier.verify(&foreign.issue("u-1", Role::Admin).unwrap()),
+            Err(TokenError::UnknownKey(_))
+        ));
+        let mut impostor = foreign.clone();
+        impostor.kid = new.key_id().to_owned();
+        assert!(matches!(
+            verifier.verify(&impostor.issue("u-1", Role::Admin).unwrap()),
+            Err(TokenError::Invalid(_))
+        ));
+
+        // Once its file is gone, the retired key's tokens stop working.
+        std::fs::remove_dir_all(&paths.retired).unwrap();
+        let verifier = TokenVerifier::load(&paths).unwrap();
+        assert!(matches!(
+            verifier.verify(&old_token),
+            Err(TokenError::UnknownKey(_))
+        ));
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_dir_all(other_dir);
     }

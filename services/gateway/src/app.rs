@@ -2,74 +2,151 @@
 
 use std::net::SocketAddr;
 
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::extract::State;
-use axum::http::HeaderMap;
-use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
-
-use crate::auth::{Forward, Viewer};
-use crate::backends::Backends;
-use crate::graphql::GatewaySchema;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
+use axum::extract::State;
+use axum::extract::WebSocketUpgrade;
+use axum::middleware::from_fn_with_state;
 use axum::response::Html;
-use axum::routing::get;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tillstream_projections::queries::Reads;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::ops::{self, Readiness};
-
+use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
 use tillstream_runtime::{Shutdown, StartError};
 use tokio::net::TcpListener;
 
 use crate::Config;
-use crate::graphql;
-use tillstream_projections::queries::Reads;
+use crate::auth::{self, Forward, MinVersions, Viewer};
+use crate::backends::Backends;
+use crate::body_limit::{self, MaxBody};
+use crate::config::Limits;
+use crate::graphql::{self, GatewaySchema};
+use crate::graphql::{OperationSlot, OrderEvents};
+use crate::operations::Operations;
+use crate::rate_limit::{self, RateLimit};
+use crate::request_metrics::{self, OperationName, Publisher, RequestMetrics};
+use crate::rest;
+use tillstream_events::Namespace;
+use tillstream_runtime::nats;
 
 pub struct App {
     listener: TcpListener,
     router: Router,
+    publisher: Publisher,
+    rate_limit: RateLimit,
 }
 
-#[derive(Clone)]
-struct GatewayState {
-    schema: GatewaySchema,
-    verifier: TokenVerifier,
-}
-
-/// The gateway's HTTP routes: GraphQL, GraphiQL and the ops endpoints.
+/// The gateway's HTTP routes: GraphQL, GraphiQL, the REST mirror with its OpenAPI
+/// document, and the ops endpoints.
+///
+/// Every API request passes, outermost first: request metrics (so refused requests are
+/// measured too), token check ([`auth::identify`]), rate limit, body size limit. The ops
+/// endpoints (`/healthz`, `/readyz`, `/metrics`) are not limited.
 pub fn router(
-    reads: Reads,
-    backends: Backends,
+    operations: Operations,
+    events: OrderEvents,
     verifier: TokenVerifier,
     readiness: Readiness,
+    metrics: RequestMetrics,
+    rate_limit: RateLimit,
+    limits: &Limits,
 ) -> Router {
-    let state = GatewayState {
-        schema: graphql::schema(reads, backends),
-        verifier,
+    let schema = graphql::schema(operations.clone(), events, limits);
+    let graphql = if limits.graphiql {
+        get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) }).post(execute)
+    } else {
+        post(execute)
     };
     Router::new()
+        .route("/graphql", graphql)
+        .with_state(schema.clone())
         .route(
-            "/graphql",
-            get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) })
-                .post(execute),
+            "/graphql/ws",
+            get(subscribe).with_state(Subscriptions {
+                schema,
+                verifier: verifier.clone(),
+            }),
         )
-        .with_state(state)
+        .merge(rest::router(operations))
+        .layer(from_fn_with_state(
+            MaxBody(limits.max_body_bytes),
+            body_limit::limit_body,
+        ))
+        .layer(from_fn_with_state(rate_limit, rate_limit::limit))
+        .layer(from_fn_with_state(verifier, auth::identify))
+        .layer(from_fn_with_state(metrics, request_metrics::measure))
         .merge(ops::router(readiness))
         .layer(axum::middleware::from_fn(ops::track_requests))
 }
 
-/// Runs one GraphQL request as the viewer its bearer token names.
+/// Runs one GraphQL request as the viewer its bearer token names, and labels the
+/// response with the operation for the request metrics.
 async fn execute(
-    State(state): State<GatewayState>,
-    headers: HeaderMap,
+    State(schema): State<GatewaySchema>,
+    viewer: Viewer,
+    forward: Forward,
+    min_versions: MinVersions,
     request: GraphQLRequest,
-) -> GraphQLResponse {
-    let viewer = Viewer::from_headers(&state.verifier, &headers);
-    let forward = Forward::from_headers(&headers);
-    state
-        .schema
-        .execute(request.into_inner().data(viewer).data(forward))
-        .await
-        .into()
+) -> axum::response::Response {
+    let request = request.into_inner();
+    let slot = OperationSlot::new(request.operation_name.clone());
+    let request = request
+        .data(viewer)
+        .data(forward)
+        .data(min_versions)
+        .data(slot.clone());
+    let answer = schema
+        .execute(graphql::with_loaders(&schema, request))
+        .await;
+    let mut response = GraphQLResponse::from(answer).into_response();
+    response
+        .extensions_mut()
+        .insert(OperationName(slot.label()));
+    response
+}
+
+#[derive(Clone)]
+struct Subscriptions {
+    schema: GatewaySchema,
+    verifier: TokenVerifier,
+}
+
+/// GraphQL over WebSocket (`graphql-transport-ws`, or the older `graphql-ws`). The
+/// caller is named by `{"authorization": "Bearer <jwt>"}` in the `connection_init`
+/// payload (browsers cannot set headers on a WebSocket), else by the upgrade request's
+/// `authorization` header.
+async fn subscribe(
+    State(subscriptions): State<Subscriptions>,
+    viewer: Viewer,
+    forward: Forward,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> axum::response::Response {
+    let Subscriptions { schema, verifier } = subscriptions;
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let authorization = payload
+                        .get("authorization")
+                        .or_else(|| payload.get("Authorization"))
+                        .and_then(|v| v.as_str());
+                    let viewer = match authorization {
+                        Some(value) => Viewer::from_authorization(&verifier, value),
+                        None => viewer,
+                    };
+                    let mut data = async_graphql::Data::default();
+                    data.insert(viewer);
+                    data.insert(forward);
+                    Ok(data)
+                })
+                .serve()
+        })
 }
 
 impl App {
@@ -77,20 +154,36 @@ impl App {
         // The gateway may start before the projector: `connect` applies the schema it reads.
         let reads = Reads::connect(&config.database_url, config.db_pool_size).await?;
         let readiness = Readiness::default().with(reads.readiness());
+        // Metrics go to NATS when it is there; the gateway serves without it.
+        let client = nats::connect(&config.nats.nats_url, "tillstream-gateway", false).await?;
+        let namespace = Namespace::new(config.nats.namespace)?;
+        let subject = namespace.request_metrics_subject("gateway");
+        let events = OrderEvents::new(client.clone(), namespace);
+        let (metrics, publisher) = request_metrics::channel(client, subject, config.metrics_buffer);
+        let backends = Backends::connect(
+            &config.user_grpc_url,
+            &config.order_grpc_url,
+            config.grpc_ca.as_ref(),
+            &config.grpc_tls_domain,
+        )
+        .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        let rate_limit = RateLimit::new(
+            config.limits.rate_limit_per_second,
+            config.limits.rate_limit_burst,
+        );
         Ok(App {
+            publisher,
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
-                reads,
-                Backends::connect(
-                    &config.user_grpc_url,
-                    &config.order_grpc_url,
-                    config.grpc_ca.as_ref(),
-                    &config.grpc_tls_domain,
-                )
-                .map_err(|e| StartError::Bootstrap(e.to_string()))?,
+                Operations::new(reads, backends),
+                events,
                 TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
                 readiness,
+                metrics,
+                rate_limit.clone(),
+                &config.limits,
             ),
+            rate_limit,
         })
     }
 
@@ -100,9 +193,20 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Serves until `shutdown`; then the request metrics still queued are published.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
-        ops::serve(self.listener, self.router, shutdown)
-            .await
-            .map_err(HostError::Ops)
+        let publisher = tokio::spawn(self.publisher.run());
+        tokio::spawn(self.rate_limit.housekeeping(shutdown.clone()));
+        // With the peer address, for the rate limit of anonymous callers.
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+        // The router (and with it every metrics sender) is gone: the publisher drains.
+        let _ = publisher.await;
+        served.map_err(HostError::Ops)
     }
 }

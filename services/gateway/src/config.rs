@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use tillstream_runtime::nats::NatsConfig;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Database of the read models.
@@ -51,11 +53,100 @@ pub struct Config {
         default_value = "localhost"
     )]
     pub grpc_tls_domain: String,
-    /// HTTP listen address: /graphql, /healthz, /readyz, /metrics.
+    /// HTTP listen address: /graphql, /graphql/ws, /api/v1, /healthz, /readyz, /metrics.
     #[arg(
         long = "http-addr",
         env = "TILLSTREAM_GATEWAY_HTTP_ADDR",
         default_value = "127.0.0.1:8080"
     )]
     pub http_addr: SocketAddr,
+    /// NATS: where request metrics go (`metrics.requests.gateway`).
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    /// Request metrics queued for NATS at most; beyond it they are dropped and counted
+    /// (`tillstream_gateway_request_metrics_dropped_total`), never making a request wait.
+    #[arg(
+        long = "metrics-buffer",
+        env = "TILLSTREAM_GATEWAY_METRICS_BUFFER",
+        default_value_t = 4096
+    )]
+    pub metrics_buffer: usize,
+    /// Request limits and rate limits of the HTTP API.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// What the gateway accepts: rate limits per client, body size, GraphQL depth and
+/// complexity, and whether the schema can be explored (introspection, GraphiQL).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Requests per second per client (token subject, else remote IP); 0 turns rate
+    /// limiting off.
+    #[arg(
+        long = "rate-limit-per-second",
+        env = "TILLSTREAM_GATEWAY_RATE_LIMIT_PER_SECOND",
+        default_value_t = 50
+    )]
+    pub rate_limit_per_second: u32,
+    /// Requests a client may send at once above the steady rate.
+    #[arg(
+        long = "rate-limit-burst",
+        env = "TILLSTREAM_GATEWAY_RATE_LIMIT_BURST",
+        default_value_t = 100
+    )]
+    pub rate_limit_burst: u32,
+    /// Largest request body accepted (413 beyond).
+    #[arg(
+        long = "max-body-bytes",
+        env = "TILLSTREAM_GATEWAY_MAX_BODY_BYTES",
+        default_value_t = 256 * 1024
+    )]
+    pub max_body_bytes: usize,
+    /// Deepest GraphQL query accepted.
+    #[arg(
+        long = "graphql-max-depth",
+        env = "TILLSTREAM_GRAPHQL_MAX_DEPTH",
+        default_value_t = 12
+    )]
+    pub graphql_max_depth: usize,
+    /// Most complex GraphQL query accepted (one point per field; a page costs `first` times
+    /// the fields asked of each item).
+    #[arg(
+        long = "graphql-max-complexity",
+        env = "TILLSTREAM_GRAPHQL_MAX_COMPLEXITY",
+        default_value_t = 2000
+    )]
+    pub graphql_max_complexity: usize,
+    /// Answer GraphQL introspection queries (turn off in production if the schema is not
+    /// to be explored).
+    #[arg(
+        long = "graphql-introspection",
+        env = "TILLSTREAM_GRAPHQL_INTROSPECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub graphql_introspection: bool,
+    /// Serve GraphiQL on `GET /graphql`.
+    #[arg(
+        long = "graphiql",
+        env = "TILLSTREAM_GRAPHIQL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub graphiql: bool,
+}
+
+impl Default for Limits {
+    /// The same values as the command-line defaults.
+    fn default() -> Self {
+        Limits {
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+            max_body_bytes: 256 * 1024,
+            graphql_max_depth: 12,
+            graphql_max_complexity: 2000,
+            graphql_introspection: true,
+            graphiql: true,
+        }
+    }
 }

@@ -1,5 +1,8 @@
-//! gateway: the read side clients talk to. GraphQL (`POST /graphql`, GraphiQL on
-//! `GET /graphql`) served from the Postgres read models the projector builds.
+//! gateway: the side clients talk to. GraphQL (`POST /graphql`, GraphiQL on
+//! `GET /graphql`) and its REST mirror (`/api/v1`, OpenAPI at `/api/v1/openapi.json`),
+//! served from the Postgres read models the projector builds; commands are forwarded to
+//! the command services over gRPC. Both transports go through [`operations`], so the
+//! access rules and error codes ([`error::ApiError`]) are the same on every path.
 //!
 //! The gateway never reads an event store and never writes a read model: queries go to
 //! `tillstream_projections::queries`, the one module that owns the SQL of the read models.
@@ -7,8 +10,14 @@
 pub mod app;
 pub mod auth;
 pub mod backends;
+pub mod body_limit;
 pub mod config;
+pub mod error;
 pub mod graphql;
+pub mod operations;
+pub mod rate_limit;
+pub mod request_metrics;
+pub mod rest;
 
 pub use app::App;
 pub use config::Config;

@@ -31,6 +31,8 @@ pub struct PlatformConfig {
     pub tls: Option<ServerTls>,
     /// The CA the gateway trusts to reach the command services over TLS.
     pub tls_ca: Option<PathBuf>,
+    /// What the gateway accepts: rate and request limits, introspection, GraphiQL.
+    pub gateway_limits: tillstream_gateway::config::Limits,
 }
 
 /// How the gateway reaches a command service bound at `addr`.
@@ -43,7 +45,7 @@ fn grpc_url(addr: SocketAddr, tls: bool) -> String {
 }
 
 impl PlatformConfig {
-    /// Every listener on a random loopback port.
+    /// Every listener on a random loopback port, without a gateway rate limit.
     pub fn on_random_ports(
         postgres_url: String,
         database_prefix: String,
@@ -68,6 +70,11 @@ impl PlatformConfig {
             admin_password: None,
             tls: None,
             tls_ca: None,
+            // Tests send bursts from one client; a test that checks rate limiting sets it.
+            gateway_limits: tillstream_gateway::config::Limits {
+                rate_limit_per_second: 0,
+                ..Default::default()
+            },
         }
     }
 
@@ -191,6 +198,9 @@ impl Platform {
             order_grpc_url: grpc_url(order_grpc, config.tls.is_some()),
             grpc_ca: config.tls_ca.clone(),
             grpc_tls_domain: "localhost".to_owned(),
+            nats: nats.clone(),
+            metrics_buffer: 4096,
+            limits: config.gateway_limits.clone(),
         })
         .await
         .map_err(start("gateway"))?;

@@ -1,5 +1,5 @@
-//! Who may do what through GraphQL: every operation × every kind of caller × own or
-//! someone else's resource, with the expected outcome.
+//! Who may do what through GraphQL and REST: every operation × every kind of caller ×
+//! own or someone else's resource, with the expected outcome.
 
 mod support;
 
@@ -36,6 +36,31 @@ async fn run(
         request = request.bearer_auth(token);
     }
     request.send().await.unwrap().json().await.unwrap()
+}
+
+/// The HTTP status of a REST call; every error must come with the API's JSON error body.
+async fn rest_status(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: &Option<Value>,
+) -> u16 {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = http.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    if status >= 400 {
+        assert!(body["error"]["code"].is_string(), "{url}: {body}");
+    }
+    status
 }
 
 fn outcome(body: &Value, field: &str) -> Expect {
@@ -184,6 +209,62 @@ async fn every_operation_for_every_kind_of_caller() {
         if got != want {
             mismatches.push(format!(
                 "cancelOrder as {who}: expected {want:?}, got {got:?}"
+            ));
+        }
+    }
+    // The REST mirror: the same rules, as HTTP statuses.
+    let second_order = platform.order_for(&alice, &alice_token).await;
+    let rest = format!("http://{}/api/v1", platform.addrs.gateway_http);
+    let place = json!({ "user_id": alice, "currency": "EUR",
+        "items": [{ "sku": "S", "name": "n", "quantity": 1, "unit_price_cents": 5 }] });
+    let rest_table: Vec<(&str, String, Option<Value>, [u16; 5])> = vec![
+        (
+            "GET",
+            format!("/users/{alice}"),
+            None,
+            [401, 200, 403, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/orders/{order}"),
+            None,
+            [401, 200, 404, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/users/{alice}/orders"),
+            None,
+            [401, 200, 403, 200, 200],
+        ),
+        ("GET", "/users".to_owned(), None, [401, 403, 403, 200, 403]),
+        (
+            "POST",
+            "/orders".to_owned(),
+            Some(place),
+            [401, 201, 403, 201, 201],
+        ),
+    ];
+    for (method, path, body, expected) in &rest_table {
+        for ((who, token), want) in callers.iter().zip(expected) {
+            let got = rest_status(&http, method, &format!("{rest}{path}"), *token, body).await;
+            if got != *want {
+                mismatches.push(format!(
+                    "{method} {path} as {who}: expected {want}, got {got}"
+                ));
+            }
+        }
+    }
+    let cancel_path = format!("{rest}/orders/{second_order}/cancel");
+    let reason = Some(json!({ "reason": "r" }));
+    for (who, token, want) in [
+        ("anonymous", None, 401),
+        ("bob (another customer)", Some(bob_token.as_str()), 404),
+        ("alice (owner)", Some(alice_token.as_str()), 200),
+    ] {
+        let got = rest_status(&http, "POST", &cancel_path, token, &reason).await;
+        if got != want {
+            mismatches.push(format!(
+                "POST /orders/{{id}}/cancel as {who}: expected {want}, got {got}"
             ));
         }
     }

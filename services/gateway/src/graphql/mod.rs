@@ -1,46 +1,71 @@
 //! The GraphQL schema of `shared/API.md`: queries from the read models (`me`, `user`,
-//! `order`, `orders`), mutations forwarded to the command services.
+//! `users`, `order`, `orders`), mutations forwarded to the command services. Both go
+//! through [`Operations`], as the REST mirror does.
 //!
-//! Errors carry `extensions.code`: `BAD_USER_INPUT` for malformed arguments,
-//! `UNAVAILABLE` when the read models cannot be reached (details are logged, not returned).
+//! Errors carry `extensions.code` ([`crate::error::ApiError`] is the one mapping).
 
+mod extensions;
+mod loaders;
 mod mutation;
 mod query;
+mod subscription;
 mod types;
 
-use async_graphql::{EmptySubscription, ErrorExtensions, Schema};
+use async_graphql::{Context, Schema};
 
+pub use extensions::OperationSlot;
+pub use loaders::Loaders;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
+pub use subscription::{OrderEvents, SubscriptionRoot};
 pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
 
-use tillstream_projections::queries::Reads;
+use tillstream_runtime::grpc::Caller;
 
-use crate::backends::Backends;
+use crate::auth::Viewer;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::operations::Operations;
 
-pub type GatewaySchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
-/// Deepest query accepted; deeper ones are refused before they run.
-const MAX_DEPTH: usize = 12;
-/// Most complex query accepted (fields weighted by async-graphql's defaults).
-const MAX_COMPLEXITY: usize = 2000;
-
-pub fn schema(reads: Reads, backends: Backends) -> GatewaySchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
-        .data(reads)
-        .data(backends)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-        .finish()
+/// The schema. Queries deeper or more complex than `limits` allow are refused before they
+/// run, with `extensions.code = BAD_USER_INPUT` and `extensions.limit`.
+pub fn schema(operations: Operations, events: OrderEvents, limits: &Limits) -> GatewaySchema {
+    let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .data(operations.reads.clone())
+        .data(events)
+        .data(operations)
+        .limit_depth(limits.graphql_max_depth)
+        .limit_complexity(limits.graphql_max_complexity)
+        .extension(extensions::OperationLabel)
+        .extension(extensions::CodedRejections);
+    if !limits.graphql_introspection {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
 }
 
-/// An error with `extensions.code`.
-pub fn coded(message: impl Into<String>, code: &'static str) -> async_graphql::Error {
-    async_graphql::Error::new(message.into()).extend_with(|_, ext| ext.set("code", code))
+/// `request` with fresh DataLoaders over the schema's read models (one set per request).
+pub fn with_loaders(
+    schema: &GatewaySchema,
+    request: async_graphql::Request,
+) -> async_graphql::Request {
+    match schema.data::<tillstream_projections::queries::Reads>() {
+        Some(reads) => Loaders::attach(request, reads),
+        None => request,
+    }
 }
 
-/// A read-model failure: logged in full, returned as UNAVAILABLE without internals.
-pub fn unavailable(error: sqlx::Error) -> async_graphql::Error {
-    tracing::warn!(%error, "read model query failed");
-    coded("the read models are unavailable; retry", "UNAVAILABLE")
+pub(crate) fn operations<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Operations> {
+    ctx.data::<Operations>()
+}
+
+/// The signed-in, active caller of this request, or UNAUTHENTICATED.
+pub(crate) async fn caller(ctx: &Context<'_>) -> async_graphql::Result<Caller> {
+    let viewer = ctx.data::<Viewer>()?;
+    operations(ctx)?
+        .caller(viewer)
+        .await
+        .map_err(ApiError::graphql)
 }

@@ -1,16 +1,15 @@
-//! Mutation root: every mutation is a command forwarded to a command service over gRPC,
-//! with the caller's token and the request's correlation id. gRPC statuses become GraphQL
-//! errors with `extensions.code` (and, for invalid input, the field violations).
+//! Mutation root: every mutation is a command forwarded to a command service over gRPC
+//! by [`Operations`], with the caller's token and the request's correlation id. gRPC
+//! statuses become GraphQL errors with `extensions.code` (and, for invalid input, the
+//! field violations in `extensions.details`).
 
-use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, Result, SimpleObject};
-use tillstream_proto::order::v1 as order_pb;
-use tillstream_proto::user::v1 as user_pb;
-use tonic::Code;
-use tonic_types::StatusExt;
+use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject};
 
+use super::operations;
 use super::types::Role;
 use crate::auth::{Forward, Viewer};
-use crate::backends::Backends;
+use crate::error::ApiError;
+use crate::operations::{NewOrder, NewOrderItem, NewUser, Written};
 
 pub struct MutationRoot;
 
@@ -20,6 +19,15 @@ pub struct MutationRoot;
 pub struct CommandResult {
     pub id: ID,
     pub version: i64,
+}
+
+impl From<Written> for CommandResult {
+    fn from(written: Written) -> Self {
+        CommandResult {
+            id: ID(written.id),
+            version: i64::try_from(written.version).unwrap_or(i64::MAX),
+        }
+    }
 }
 
 #[derive(SimpleObject)]
@@ -57,85 +65,22 @@ pub struct PlaceOrderInput {
     pub idempotency_key: Option<String>,
 }
 
-/// A gRPC status as a GraphQL error (API.md's codes).
-fn from_status(status: tonic::Status) -> async_graphql::Error {
-    let code = match status.code() {
-        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => "BAD_USER_INPUT",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-        Code::PermissionDenied => "FORBIDDEN",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => "CONFLICT",
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => "UNAVAILABLE",
-        _ => {
-            tracing::error!(code = ?status.code(), message = status.message(), "command service failed");
-            return async_graphql::Error::new("internal error")
-                .extend_with(|_, e| e.set("code", "INTERNAL"));
-        }
-    };
-    let violations: Vec<async_graphql::Value> = status
-        .get_details_bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .into_iter()
-                .map(|v| {
-                    let mut fields = async_graphql::indexmap::IndexMap::new();
-                    fields.insert(
-                        async_graphql::Name::new("field"),
-                        async_graphql::Value::from(v.field),
-                    );
-                    fields.insert(
-                        async_graphql::Name::new("description"),
-                        async_graphql::Value::from(v.description),
-                    );
-                    async_graphql::Value::Object(fields)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    async_graphql::Error::new(status.message().to_owned()).extend_with(move |_, e| {
-        e.set("code", code);
-        if !violations.is_empty() {
-            e.set("details", async_graphql::Value::List(violations.clone()));
-        }
-    })
-}
-
-fn result(id: String, version: u64) -> CommandResult {
-    CommandResult {
-        id: ID(id),
-        version: version as i64,
-    }
-}
-
-fn reply(reply: tonic::Response<order_pb::CommandReply>) -> CommandResult {
-    let reply = reply.into_inner();
-    result(reply.id, reply.version)
-}
-
-fn user_reply(reply: tonic::Response<user_pb::CommandReply>) -> CommandResult {
-    let reply = reply.into_inner();
-    result(reply.id, reply.version)
-}
-
 #[Object]
 impl MutationRoot {
     /// Open an account (no token needed).
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<CommandResult> {
-        let request = user_pb::RegisterUserRequest {
+        let user = NewUser {
             email: input.email,
             username: input.username,
             password: input.password,
             full_name: input.full_name,
-            idempotency_key: input.idempotency_key.unwrap_or_default(),
+            idempotency_key: input.idempotency_key,
         };
-        let mut users = ctx.data::<Backends>()?.users.clone();
-        let forward = ctx.data::<Forward>()?;
-        Ok(user_reply(
-            users
-                .register_user(forward.request(request))
-                .await
-                .map_err(from_status)?,
-        ))
+        let written = operations(ctx)?
+            .register(ctx.data::<Forward>()?, user)
+            .await
+            .map_err(ApiError::graphql)?;
+        Ok(written.into())
     }
 
     /// Exchange email and password for an access token.
@@ -145,23 +90,15 @@ impl MutationRoot {
         email: String,
         password: String,
     ) -> Result<AuthPayload> {
-        let mut users = ctx.data::<Backends>()?.users.clone();
-        let forward = ctx.data::<Forward>()?;
-        let reply = users
-            .login(forward.request(user_pb::LoginRequest { email, password }))
+        let session = operations(ctx)?
+            .login(ctx.data::<Forward>()?, email, password)
             .await
-            .map_err(from_status)?
-            .into_inner();
-        let role = match user_pb::Role::try_from(reply.role) {
-            Ok(user_pb::Role::Admin) => Role::Admin,
-            Ok(user_pb::Role::Service) => Role::Service,
-            _ => Role::Customer,
-        };
+            .map_err(ApiError::graphql)?;
         Ok(AuthPayload {
-            access_token: reply.access_token,
-            expires_in_seconds: reply.expires_in_seconds as i64,
-            user_id: ID(reply.user_id),
-            role,
+            access_token: session.access_token,
+            expires_in_seconds: i64::try_from(session.expires_in_seconds).unwrap_or(i64::MAX),
+            user_id: ID(session.user_id),
+            role: session.role.into(),
         })
     }
 
@@ -170,42 +107,27 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: PlaceOrderInput,
     ) -> Result<CommandResult> {
-        let user_id = match (input.user_id, ctx.data::<Viewer>()?) {
-            (Some(id), _) => id.0,
-            (None, Viewer::Caller(caller)) => caller.user_id.clone(),
-            (None, _) => return Err(super::coded("sign in, or name `userId`", "UNAUTHENTICATED")),
-        };
-        let mut items = Vec::with_capacity(input.items.len());
-        for (index, item) in input.items.into_iter().enumerate() {
-            let quantity = u32::try_from(item.quantity).map_err(|_| {
-                super::coded(
-                    format!("items[{index}].quantity must not be negative"),
-                    "BAD_USER_INPUT",
-                )
-            })?;
-            items.push(order_pb::OrderItem {
-                sku: item.sku,
-                name: item.name,
-                quantity,
-                unit_price_cents: item.unit_price_cents,
-            });
-        }
-        let request = order_pb::PlaceOrderRequest {
-            user_id,
-            items,
+        let order = NewOrder {
+            user_id: input.user_id.map(|id| id.0),
+            items: input
+                .items
+                .into_iter()
+                .map(|item| NewOrderItem {
+                    sku: item.sku,
+                    name: item.name,
+                    quantity: i64::from(item.quantity),
+                    unit_price_cents: item.unit_price_cents,
+                })
+                .collect(),
             currency: input.currency,
-            shipping_address: None,
-            note: input.note.unwrap_or_default(),
-            idempotency_key: input.idempotency_key.unwrap_or_default(),
+            note: input.note,
+            idempotency_key: input.idempotency_key,
         };
-        let mut orders = ctx.data::<Backends>()?.orders.clone();
-        let forward = ctx.data::<Forward>()?;
-        Ok(reply(
-            orders
-                .place_order(forward.request(request))
-                .await
-                .map_err(from_status)?,
-        ))
+        let written = operations(ctx)?
+            .place_order(ctx.data::<Forward>()?, ctx.data::<Viewer>()?, order)
+            .await
+            .map_err(ApiError::graphql)?;
+        Ok(written.into())
     }
 
     async fn pay_order(
@@ -215,20 +137,16 @@ impl MutationRoot {
         payment_reference: String,
         amount_cents: i64,
     ) -> Result<CommandResult> {
-        let request = order_pb::PayOrderRequest {
-            order_id: id.0,
-            payment_reference,
-            amount_cents,
-            idempotency_key: String::new(),
-        };
-        let mut orders = ctx.data::<Backends>()?.orders.clone();
-        let forward = ctx.data::<Forward>()?;
-        Ok(reply(
-            orders
-                .pay_order(forward.request(request))
-                .await
-                .map_err(from_status)?,
-        ))
+        let written = operations(ctx)?
+            .pay_order(
+                ctx.data::<Forward>()?,
+                id.0,
+                payment_reference,
+                amount_cents,
+            )
+            .await
+            .map_err(ApiError::graphql)?;
+        Ok(written.into())
     }
 
     async fn cancel_order(
@@ -237,19 +155,11 @@ impl MutationRoot {
         id: ID,
         reason: Option<String>,
     ) -> Result<CommandResult> {
-        let request = order_pb::CancelOrderRequest {
-            order_id: id.0,
-            reason: reason.unwrap_or_default(),
-            idempotency_key: String::new(),
-        };
-        let mut orders = ctx.data::<Backends>()?.orders.clone();
-        let forward = ctx.data::<Forward>()?;
-        Ok(reply(
-            orders
-                .cancel_order(forward.request(request))
-                .await
-                .map_err(from_status)?,
-        ))
+        let written = operations(ctx)?
+            .cancel_order(ctx.data::<Forward>()?, id.0, reason)
+            .await
+            .map_err(ApiError::graphql)?;
+        Ok(written.into())
     }
 
     /// Admin only.
@@ -259,23 +169,10 @@ impl MutationRoot {
         id: ID,
         role: Role,
     ) -> Result<CommandResult> {
-        let role = match role {
-            Role::Customer => user_pb::Role::Customer,
-            Role::Admin => user_pb::Role::Admin,
-            Role::Service => user_pb::Role::Service,
-        };
-        let request = user_pb::ChangeUserRoleRequest {
-            user_id: id.0,
-            role: role.into(),
-            idempotency_key: String::new(),
-        };
-        let mut users = ctx.data::<Backends>()?.users.clone();
-        let forward = ctx.data::<Forward>()?;
-        Ok(user_reply(
-            users
-                .change_user_role(forward.request(request))
-                .await
-                .map_err(from_status)?,
-        ))
+        let written = operations(ctx)?
+            .change_user_role(ctx.data::<Forward>()?, id.0, role.into())
+            .await
+            .map_err(ApiError::graphql)?;
+        Ok(written.into())
     }
 }

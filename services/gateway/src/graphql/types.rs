@@ -3,15 +3,39 @@
 use async_graphql::{ComplexObject, Context, Enum, ID, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use tillstream_projections::queries::{
-    OrderHistoryRow, OrderItemRow, OrderWithItems, Reads, UserRow,
-};
+use async_graphql::connection::{Connection, Edge};
+use uuid::Uuid;
+
+use super::loaders::{Histories, RecentOrders, RecentOrdersOf, Users, load_error};
+use crate::error::ApiError;
+use crate::operations::{OrderState, PageRequest};
+use tillstream_projections::queries::{OrderHistoryRow, OrderItemRow, OrderWithItems, UserRow};
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Role {
     Customer,
     Admin,
     Service,
+}
+
+impl From<tillstream_events::Role> for Role {
+    fn from(role: tillstream_events::Role) -> Self {
+        match role {
+            tillstream_events::Role::Customer => Role::Customer,
+            tillstream_events::Role::Admin => Role::Admin,
+            tillstream_events::Role::Service => Role::Service,
+        }
+    }
+}
+
+impl From<Role> for tillstream_events::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Customer => tillstream_events::Role::Customer,
+            Role::Admin => tillstream_events::Role::Admin,
+            Role::Service => tillstream_events::Role::Service,
+        }
+    }
 }
 
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -30,6 +54,17 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// The state a `status` filter asks for.
+    pub fn state(self) -> OrderState {
+        match self {
+            OrderStatus::Placed => OrderState::Placed,
+            OrderStatus::Paid => OrderState::Paid,
+            OrderStatus::Shipped => OrderState::Shipped,
+            OrderStatus::Delivered => OrderState::Delivered,
+            OrderStatus::Cancelled => OrderState::Cancelled,
+        }
+    }
+
     fn from_read_model(value: &str) -> Self {
         match value {
             "PAID" => OrderStatus::Paid,
@@ -42,7 +77,10 @@ impl OrderStatus {
 }
 
 #[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
 pub struct User {
+    #[graphql(skip)]
+    pub key: Uuid,
     pub id: ID,
     pub username: String,
     pub email: String,
@@ -62,6 +100,7 @@ pub struct User {
 impl From<UserRow> for User {
     fn from(row: UserRow) -> Self {
         User {
+            key: row.id,
             id: ID(row.id.to_string()),
             username: row.username,
             email: row.email,
@@ -134,6 +173,10 @@ impl From<OrderItemRow> for OrderItem {
 #[derive(SimpleObject, Clone, Debug)]
 #[graphql(complex)]
 pub struct Order {
+    #[graphql(skip)]
+    pub key: Uuid,
+    #[graphql(skip)]
+    pub user_key: Uuid,
     pub id: ID,
     pub user_id: ID,
     pub status: OrderStatus,
@@ -152,20 +195,83 @@ pub struct Order {
 impl Order {
     /// The order's events, oldest first.
     async fn history(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<OrderEvent>> {
-        let id = uuid::Uuid::parse_str(self.id.as_str())
-            .map_err(|_| super::coded("bad order id", "BAD_USER_INPUT"))?;
-        let rows = ctx
-            .data::<Reads>()?
-            .order_history(id)
+        let events = ctx
+            .data::<Histories>()?
+            .load_one(self.key)
             .await
-            .map_err(super::unavailable)?;
-        Ok(rows.into_iter().map(OrderEvent::from).collect())
+            .map_err(load_error)?;
+        Ok(events.unwrap_or_default())
+    }
+
+    /// The customer who placed the order.
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        ctx.data::<Users>()?
+            .load_one(self.user_key)
+            .await
+            .map_err(load_error)
+    }
+}
+
+#[ComplexObject]
+impl User {
+    /// The user's orders, newest first, as a Relay connection. Pages after the first
+    /// (`after`) are read one user at a time; first pages are batched across users.
+    #[graphql(complexity = "super::query::page_complexity(first, child_complexity)")]
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Order>> {
+        if after.is_some() {
+            let caller = super::caller(ctx).await?;
+            let page = super::operations(ctx)?
+                .orders(
+                    &caller,
+                    Some(self.key),
+                    None,
+                    PageRequest {
+                        first: Some(first),
+                        after,
+                    },
+                )
+                .await
+                .map_err(ApiError::graphql)?;
+            let mut connection = Connection::new(page.has_previous, page.has_next);
+            connection.edges.extend(
+                page.items
+                    .into_iter()
+                    .map(|(cursor, row)| Edge::new(cursor, Order::from(row))),
+            );
+            return Ok(connection);
+        }
+        let size = crate::operations::page_size(Some(first)).map_err(ApiError::graphql)?;
+        let mut orders = ctx
+            .data::<RecentOrdersOf>()?
+            .load_one(RecentOrders {
+                user_id: self.key,
+                first: size,
+            })
+            .await
+            .map_err(load_error)?
+            .unwrap_or_default();
+        let has_next = orders.len() as i64 > size;
+        orders.truncate(usize::try_from(size).unwrap_or(0));
+        let mut connection = Connection::new(false, has_next);
+        connection.edges.extend(
+            orders
+                .into_iter()
+                .map(|order| Edge::new(crate::operations::order_cursor(order.key), order)),
+        );
+        Ok(connection)
     }
 }
 
 impl From<OrderWithItems> for Order {
     fn from(o: OrderWithItems) -> Self {
         Order {
+            key: o.order.id,
+            user_key: o.order.user_id,
             id: ID(o.order.id.to_string()),
             user_id: ID(o.order.user_id.to_string()),
             status: OrderStatus::from_read_model(&o.order.status),

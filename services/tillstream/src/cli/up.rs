@@ -65,6 +65,9 @@ pub struct UpArgs {
     /// Serve gRPC over TLS with a development CA generated into `<data-dir>/tls/`.
     #[arg(long, env = "TILLSTREAM_DEV_TLS")]
     tls: bool,
+    /// The gateway's rate and request limits.
+    #[command(flatten)]
+    gateway_limits: tillstream_gateway::config::Limits,
     /// Do not seed the demo customer and order.
     #[arg(long)]
     no_demo: bool,
@@ -98,6 +101,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         admin_password: args.admin_password,
         tls: certificates.as_ref().map(|c| c.server.clone()),
         tls_ca: certificates.as_ref().map(|c| c.ca.clone()),
+        gateway_limits: args.gateway_limits,
     };
     let platform = Platform::build(config)
         .await
@@ -109,6 +113,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("tillstream is up");
     println!(
         "  GraphQL   http://{}/graphql   (GraphiQL in a browser)",
+        addrs.gateway_http
+    );
+    println!(
+        "  REST      http://{}/api/v1   (reference at /api/v1/docs, OpenAPI at /api/v1/openapi.json)",
         addrs.gateway_http
     );
     println!(
