@@ -35,7 +35,13 @@ impl App {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, 5)?;
         migrate(&pool).await?;
-        let client = nats::connect(&config.nats.nats_url, "tillstream-projector", false).await?;
+        let client = nats::connect(
+            &config.nats.nats_url,
+            &config.nats.credentials,
+            "tillstream-projector",
+            false,
+        )
+        .await?;
         let readiness = Readiness::default()
             .with(PostgresReady {
                 name: "postgres",

@@ -1,20 +1,14 @@
 use clap::Parser;
-
-#[derive(Parser)]
-#[command(
-    name = "tillstream-projector",
-    version,
-    about = "Builds the read models from the EVENTS stream"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: tillstream_projections::Config,
-}
+use tillstream_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tillstream_runtime::telemetry::init();
-    let cli = Cli::parse();
+    let cli = tillstream_projections::Cli::parse();
+    let _telemetry = telemetry::init(
+        &cli.telemetry,
+        "tillstream-projector",
+        telemetry::SERVER_FILTER,
+    )?;
     let app = tillstream_projections::App::build(cli.config).await?;
     tracing::info!(ops = %app.ops_addr(), "projector running");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

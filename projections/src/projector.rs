@@ -9,6 +9,8 @@ use tillstream_events::{EventEnvelope, Namespace};
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::ensure_streams;
 use tillstream_runtime::retry::Backoff;
+use tillstream_runtime::trace_context;
+use tracing::Instrument;
 
 use crate::read_model::{self, ApplyError, PROJECTION};
 
@@ -210,8 +212,20 @@ impl Projector {
         let mut outcomes = Vec::with_capacity(decoded.len());
         let committed = async {
             let mut tx = self.pool.begin().await?;
-            for (_, envelope) in &decoded {
-                outcomes.push(apply_in(&mut tx, envelope).await);
+            for (message, envelope) in &decoded {
+                // Each event's work continues the trace its `traceparent` header names.
+                let span = tracing::info_span!(
+                    "projector.apply",
+                    otel.kind = "consumer",
+                    messaging.system = "nats",
+                    messaging.message.id = %envelope.message_id(),
+                    correlation_id = %envelope.metadata.correlation_id,
+                );
+                trace_context::continue_from(
+                    &span,
+                    trace_context::from_nats(message.headers.as_ref()).as_ref(),
+                );
+                outcomes.push(apply_in(&mut tx, envelope).instrument(span).await);
             }
             tx.commit().await
         }

@@ -26,7 +26,13 @@ impl App {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, 3)?;
         event_store::migrate(&pool).await?;
-        let client = nats::connect(&config.nats.nats_url, "tillstream-relay", false).await?;
+        let client = nats::connect(
+            &config.nats.nats_url,
+            &config.nats.credentials,
+            "tillstream-relay",
+            false,
+        )
+        .await?;
         let namespace = Namespace::new(config.nats.namespace)?;
         let readiness = Readiness::default()
             .with(PostgresReady {

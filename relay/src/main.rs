@@ -1,20 +1,10 @@
 use clap::Parser;
-
-#[derive(Parser)]
-#[command(
-    name = "tillstream-relay",
-    version,
-    about = "Publishes an event store's committed events to JetStream"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: tillstream_relay::Config,
-}
+use tillstream_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tillstream_runtime::telemetry::init();
-    let cli = Cli::parse();
+    let cli = tillstream_relay::Cli::parse();
+    let _telemetry = telemetry::init(&cli.telemetry, "tillstream-relay", telemetry::SERVER_FILTER)?;
     let app = tillstream_relay::App::build(cli.config).await?;
     tracing::info!(ops = %app.ops_addr(), "relay running");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

@@ -22,6 +22,7 @@ pub mod startup;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod trace_context;
 
 pub use shutdown::Shutdown;
 pub use sqlx::PgPool;

@@ -55,6 +55,9 @@ pub fn router(
         .with_state(state)
         .merge(ops::router(readiness))
         .layer(axum::middleware::from_fn(ops::track_requests))
+        .layer(axum::middleware::from_fn(
+            crate::request_trace::trace_requests,
+        ))
 }
 
 /// Runs one GraphQL request as the viewer its bearer token names.

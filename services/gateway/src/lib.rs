@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod graphql;
+pub mod request_trace;
 
 pub use app::App;
-pub use config::Config;
+pub use config::{Cli, Config};

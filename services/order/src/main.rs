@@ -1,20 +1,10 @@
 use clap::Parser;
-
-#[derive(Parser)]
-#[command(
-    name = "tillstream-order",
-    version,
-    about = "tillstream order command service (gRPC)"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: tillstream_order::Config,
-}
+use tillstream_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tillstream_runtime::telemetry::init();
-    let cli = Cli::parse();
+    let cli = tillstream_order::Cli::parse();
+    let _telemetry = telemetry::init(&cli.telemetry, "tillstream-order", telemetry::SERVER_FILTER)?;
     let app = tillstream_order::App::build(cli.config).await?;
     tracing::info!(grpc = %app.grpc_addr(), ops = %app.ops_addr(), "order service listening");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

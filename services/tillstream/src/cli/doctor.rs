@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use tillstream_events::Namespace;
 use tillstream_runtime::event_store::{self, missing_migrations};
-use tillstream_runtime::nats::stream_configs;
+use tillstream_runtime::nats::{self, stream_configs};
 use tillstream_runtime::postgres;
 
 use super::DatabaseArgs;
@@ -18,15 +18,8 @@ const MAX_SKEW: Duration = Duration::from_secs(2);
 pub struct DoctorArgs {
     #[command(flatten)]
     db: DatabaseArgs,
-    #[arg(
-        long,
-        env = "TILLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    nats_url: String,
-    #[arg(long, env = "TILLSTREAM_NAMESPACE", default_value = "")]
-    namespace: String,
+    #[command(flatten)]
+    nats: nats::NatsConfig,
 }
 
 /// A database suffix, the schemas it must hold, and what to do when it does not.
@@ -133,29 +126,24 @@ async fn check_postgres(args: &DoctorArgs, report: &mut Report) {
 }
 
 async fn check_nats(args: &DoctorArgs, report: &mut Report) {
-    let client =
-        match tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&args.nats_url))
-            .await
-        {
-            Ok(Ok(client)) => client,
-            Ok(Err(error)) => {
-                return report.fail(format!(
-                    "NATS does not answer at {}: {error}",
-                    args.nats_url
-                ));
-            }
-            Err(_) => {
-                return report.fail(format!(
-                    "NATS at {} did not answer within 5 s",
-                    args.nats_url
-                ));
-            }
-        };
+    let shown = nats::redact(&args.nats.nats_url);
+    let connecting = nats::connect(
+        &args.nats.nats_url,
+        &args.nats.credentials,
+        "tillstream-doctor",
+        true,
+    );
+    let client = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(error)) => {
+            return report.fail(format!("NATS does not answer at {shown}: {error}"));
+        }
+        Err(_) => {
+            return report.fail(format!("NATS at {shown} did not answer within 5 s"));
+        }
+    };
     let info = client.server_info();
-    report.ok(format!(
-        "NATS {} answers at {}",
-        info.version, args.nats_url
-    ));
+    report.ok(format!("NATS {} answers at {shown}", info.version));
     // The account-info request answers only where JetStream is enabled.
     let account = client.request("$JS.API.INFO", "".into()).await;
     let enabled = account
@@ -169,8 +157,8 @@ async fn check_nats(args: &DoctorArgs, report: &mut Report) {
     }
     report.ok("JetStream is enabled");
     let js = async_nats::jetstream::new(client);
-    let Ok(namespace) = Namespace::new(args.namespace.clone()) else {
-        return report.fail(format!("namespace `{}` is not valid", args.namespace));
+    let Ok(namespace) = Namespace::new(args.nats.namespace.clone()) else {
+        return report.fail(format!("namespace `{}` is not valid", args.nats.namespace));
     };
     let Ok(configs) = stream_configs(&namespace, 1) else {
         return report.fail("nats/streams.json does not parse");

@@ -10,7 +10,19 @@ mod up;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use tillstream_runtime::telemetry::TelemetryConfig;
 
+/// tillstream runs an event-sourced commerce backend: users and orders changed by gRPC
+/// commands, every change an event in Postgres, published to NATS JetStream, projected into
+/// read models that a GraphQL gateway serves.
+///
+/// `tillstream up` runs every part in one process; the separate binaries
+/// (tillstream-user, -order, -relay, -projector, -gateway) run the same code one part per
+/// process. The other subcommands operate an installation: audit an aggregate's history,
+/// follow the event stream, check the installation, re-drive dead letters, sign tokens.
+///
+/// Every flag can also be set by the environment variable shown with it; all settings of
+/// every binary are listed in docs/configuration.md.
 #[derive(Parser)]
 #[command(
     name = "tillstream",
@@ -20,6 +32,8 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    telemetry: TelemetryConfig,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +57,11 @@ enum Command {
 }
 
 impl Cli {
+    /// How to log and whether to export traces.
+    pub fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
     /// Whether this runs services (and logs at info) rather than a one-off command.
     pub fn is_server(&self) -> bool {
         matches!(self.command, Command::Up(_))
