@@ -59,4 +59,6 @@ pub struct Cli {
     pub config: Config,
     #[command(flatten)]
     pub telemetry: tillstream_runtime::telemetry::TelemetryConfig,
+    #[command(flatten)]
+    pub file: tillstream_runtime::config_file::ConfigFile,
 }

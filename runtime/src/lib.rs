@@ -7,6 +7,7 @@
 //! `App::run(shutdown)` that serves until the [`Shutdown`] token fires.
 
 pub mod audit;
+pub mod config_file;
 pub mod event_store;
 pub mod failpoint;
 pub mod gate;

@@ -1,9 +1,14 @@
 use clap::Parser;
 use tillstream_runtime::telemetry;
 
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(tillstream_gateway::Cli::parse())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = tillstream_gateway::Cli::parse();
+async fn run(cli: tillstream_gateway::Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(
         &cli.telemetry,
         "tillstream-gateway",

@@ -1,9 +1,14 @@
 use clap::Parser;
 use tillstream_runtime::telemetry;
 
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(tillstream_order::Cli::parse())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = tillstream_order::Cli::parse();
+async fn run(cli: tillstream_order::Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&cli.telemetry, "tillstream-order", telemetry::SERVER_FILTER)?;
     let app = tillstream_order::App::build(cli.config).await?;
     tracing::info!(grpc = %app.grpc_addr(), ops = %app.ops_addr(), "order service listening");

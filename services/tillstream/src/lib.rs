@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod demo;
 pub mod platform;
+pub mod settings;
 pub mod tail;
 
 pub use platform::{Platform, PlatformConfig};

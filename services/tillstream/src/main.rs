@@ -4,9 +4,14 @@ use clap::Parser;
 use tillstream::cli::Cli;
 use tillstream_runtime::telemetry;
 
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(Cli::parse())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // Servers log at info; one-off commands only warn.
     let filter = if cli.is_server() {
         telemetry::SERVER_FILTER

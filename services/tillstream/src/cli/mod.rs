@@ -34,6 +34,8 @@ pub struct Cli {
     command: Command,
     #[command(flatten)]
     telemetry: TelemetryConfig,
+    #[command(flatten)]
+    file: tillstream_runtime::config_file::ConfigFile,
 }
 
 #[derive(Subcommand)]
