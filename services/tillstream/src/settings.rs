@@ -150,6 +150,8 @@ const OUTRO: &str = "
 | `OTEL_EXPORTER_OTLP_HEADERS` | unset | every binary, with `--otlp-endpoint` | Headers sent with every OTLP export (`key=value,key2=value2`), e.g. a collector's API key. |
 | `OTEL_EXPORTER_OTLP_TIMEOUT` | `10000` | every binary, with `--otlp-endpoint` | Milliseconds before one OTLP export is abandoned. |
 | `TILLSTREAM_NATS_<USER>_PASSWORD` | none: required | `nats-server` with `nats/accounts.conf` | The password of NATS user `<USER>` (`RELAY`, `PROJECTOR`, `GATEWAY`, `PREDICTOR`, `OPERATOR`); give each service the same value as its `TILLSTREAM_NATS_PASSWORD`. |
+| `TILLSTREAM_PG_PORT`, `TILLSTREAM_NATS_PORT` | `5432`, `4222` | `scripts/services` (`scripts/up`, `scripts/test`) | Ports of the PostgreSQL and NATS servers it starts when none answers. |
+| `TILLSTREAM_SERVICES_DIR`, `TILLSTREAM_PG_DIR` | `.data/services`, `/var/lib/tillstream/postgres` as root | `scripts/services` | Where those servers keep their data. |
 | `TILLSTREAM_TEST_POSTGRES_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | the test suite | The Postgres server tests create their databases on. |
 | `TILLSTREAM_TEST_NATS_URL` | `nats://127.0.0.1:4222` | the test suite | The NATS server (with JetStream) tests use. |
 

@@ -135,6 +135,17 @@ async fn check_nats(args: &DoctorArgs, report: &mut Report) {
     );
     let client = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
         Ok(Ok(client)) => client,
+        Ok(Err(nats::NatsError::Connect { source, .. }))
+            if matches!(
+                source.kind(),
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Authentication
+            ) =>
+        {
+            return report.fail(format!(
+                "NATS at {shown} refused the login: check TILLSTREAM_NATS_USER and TILLSTREAM_NATS_PASSWORD (or the token, .creds or NKey seed file) against the server's users (nats/accounts.conf)"
+            ));
+        }
         Ok(Err(error)) => {
             return report.fail(format!("NATS does not answer at {shown}: {error}"));
         }
