@@ -125,8 +125,14 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
 
 async fn run_rebuild(name: &str, allow_unapplied: bool, target: &Target) -> anyhow::Result<()> {
     let pool = target.pool().await?;
-    let client = nats::connect(&target.nats_url, "tillstream-rebuild", false).await?;
-    let namespace = Namespace::new(target.namespace.clone())?;
+    let client = nats::connect(
+        &target.nats.nats_url,
+        &target.nats.credentials,
+        "tillstream-rebuild",
+        false,
+    )
+    .await?;
+    let namespace = Namespace::new(target.nats.namespace.clone())?;
     let bar = Bar::new();
     let report = rebuild::rebuild(&pool, client, &namespace, name, allow_unapplied, &bar).await;
     bar.bar.finish_and_clear();
