@@ -124,3 +124,45 @@ async fn projections_rebuild_swaps_in_a_fresh_copy_under_a_running_platform() {
     );
     platform.stop().await;
 }
+
+#[test]
+fn help_names_every_setting_and_a_settings_file_is_read() {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tillstream"))
+            .args(args)
+            .env_remove("TILLSTREAM_NATS_URL")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("the binary runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, help) = run(&["--help"]);
+    assert!(ok && help.contains("docs/configuration.md"), "{help}");
+    let (ok, help) = run(&["up", "--help"]);
+    assert!(
+        ok && help.contains("TILLSTREAM_NATS_USER") && help.contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "{help}"
+    );
+
+    // A settings file supplies what neither a flag nor the environment sets.
+    let file = std::env::temp_dir().join(format!("tillstream-{}.env", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &file,
+        "# a settings file\nTILLSTREAM_NATS_URL=nats://127.0.0.1:9\n",
+    )
+    .expect("settings file");
+    let (ok, text) = run(&[
+        "doctor",
+        "--config-file",
+        file.to_str().expect("UTF-8 path"),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!ok && text.contains("nats://127.0.0.1:9"), "{text}");
+    let (ok, text) = run(&["doctor", "--config-file", "/nonexistent/settings.env"]);
+    assert!(
+        !ok && text.contains("cannot read the settings file"),
+        "{text}"
+    );
+}
