@@ -9,7 +9,7 @@ use tillstream_events::{EventEnvelope, Namespace};
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::ensure_streams;
 use tillstream_runtime::retry::Backoff;
-use tillstream_runtime::trace_context;
+use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
 
 use crate::read_model::{self, ApplyError, PROJECTION};
@@ -214,13 +214,17 @@ impl Projector {
             let mut tx = self.pool.begin().await?;
             for (message, envelope) in &decoded {
                 // Each event's work continues the trace its `traceparent` header names.
-                let span = tracing::info_span!(
-                    "projector.apply",
-                    otel.kind = "consumer",
-                    messaging.system = "nats",
-                    messaging.message.id = %envelope.message_id(),
-                    correlation_id = %envelope.metadata.correlation_id,
-                );
+                let span = if telemetry::exporting() {
+                    tracing::info_span!(
+                        "projector.apply",
+                        otel.kind = "consumer",
+                        messaging.system = "nats",
+                        messaging.message.id = %envelope.message_id(),
+                        correlation_id = %envelope.metadata.correlation_id,
+                    )
+                } else {
+                    tracing::Span::none()
+                };
                 trace_context::continue_from(
                     &span,
                     trace_context::from_nats(message.headers.as_ref()).as_ref(),

@@ -12,7 +12,7 @@ use tillstream_events::{EventEnvelope, EventMetadata, Namespace, upcast, wire_pa
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::ensure_streams;
 use tillstream_runtime::retry::Backoff;
-use tillstream_runtime::trace_context;
+use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
 
 /// The Postgres channel the event store's trigger notifies on commit.
@@ -287,14 +287,18 @@ impl Relay {
                 (Some(trace), Some(span)) => trace_context::from_ids(trace, span),
                 _ => None,
             };
-            let span = tracing::info_span!(
-                "relay.publish",
-                otel.kind = "producer",
-                messaging.system = "nats",
-                messaging.destination.name = %subject,
-                messaging.message.id = %envelope.message_id(),
-                correlation_id = %envelope.metadata.correlation_id,
-            );
+            let span = if telemetry::exporting() {
+                tracing::info_span!(
+                    "relay.publish",
+                    otel.kind = "producer",
+                    messaging.system = "nats",
+                    messaging.destination.name = %subject,
+                    messaging.message.id = %envelope.message_id(),
+                    correlation_id = %envelope.metadata.correlation_id,
+                )
+            } else {
+                tracing::Span::none()
+            };
             trace_context::continue_from(&span, parent.as_ref());
             if let Some(traceparent) = trace_context::outgoing(&span, parent.as_ref())
                 .as_ref()

@@ -99,6 +99,13 @@ impl Drop for Telemetry {
 pub const SERVER_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans. Per-event work (the relay, the projector) opens its
+/// spans only then: with export off it costs nothing beyond passing `traceparent` on.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Installs logging (and trace export when configured) for the process `service`, with
 /// `default_filter` when `RUST_LOG` is unset (servers: `info`; command-line tools: `warn`).
@@ -129,11 +136,13 @@ pub fn init(
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
     // Another subscriber (a test harness) may already be installed; keep it.
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(logs)
         .with(traces)
-        .try_init();
+        .try_init()
+        .is_ok();
+    EXPORTING.store(installed && provider.is_some(), Ordering::Relaxed);
     Ok(Telemetry { provider })
 }
 
