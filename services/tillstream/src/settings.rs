@@ -93,18 +93,12 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
-/// Commands as short as they can be said: `tillstream` for all its subcommands.
-fn used_by(commands: &[String]) -> String {
-    let all_subcommands = binaries()
-        .iter()
-        .filter(|b| b.get_name() == "tillstream")
-        .map(|b| count_leaves(b))
-        .next()
-        .unwrap_or(0);
+/// Commands as short as they can be said: `tillstream` for all `every` of its subcommands.
+fn used_by(commands: &[String], every: usize) -> String {
     let (cli, binaries): (Vec<&String>, Vec<&String>) =
         commands.iter().partition(|c| c.starts_with("tillstream "));
     let mut names: Vec<String> = binaries.iter().map(|b| format!("`{b}`")).collect();
-    if !cli.is_empty() && cli.len() == all_subcommands {
+    if !cli.is_empty() && cli.len() == every {
         names.push("`tillstream` (every subcommand)".to_owned());
     } else {
         names.extend(cli.iter().map(|c| format!("`{c}`")));
@@ -162,8 +156,12 @@ string; *off* is a switch that takes no value.
 /// `docs/configuration.md`.
 pub fn document() -> String {
     let mut settings = BTreeMap::new();
+    let mut every = 0;
     for binary in binaries() {
         let name = binary.get_name().to_owned();
+        if name == "tillstream" {
+            every = count_leaves(&binary);
+        }
         collect(&binary, &name, &mut settings);
     }
     let (with_env, flag_only): (Vec<&Setting>, Vec<&Setting>) =
@@ -173,25 +171,25 @@ pub fn document() -> String {
     out.push_str("| Environment variable | Flag | Default | Used by | What it sets |\n");
     out.push_str("|---|---|---|---|---|\n");
     for s in with_env {
-        out.push_str(&row(s, true));
+        out.push_str(&row(s, true, every));
     }
     out.push_str("\n## Options of one command (flag only)\n\n");
     out.push_str("| Flag | Default | Used by | What it sets |\n");
     out.push_str("|---|---|---|---|\n");
     for s in flag_only {
-        out.push_str(&row(s, false));
+        out.push_str(&row(s, false, every));
     }
     out.push_str(OUTRO);
     out
 }
 
-fn row(s: &Setting, with_env: bool) -> String {
+fn row(s: &Setting, with_env: bool, every: usize) -> String {
     let default = if s.defaults.len() == 1 {
         s.defaults.keys().next().cloned().unwrap_or_default()
     } else {
         s.defaults
             .iter()
-            .map(|(default, commands)| format!("{default} ({})", used_by(commands)))
+            .map(|(default, commands)| format!("{default} ({})", used_by(commands, every)))
             .collect::<Vec<_>>()
             .join("; ")
     };
@@ -208,7 +206,7 @@ fn row(s: &Setting, with_env: bool) -> String {
     if with_env {
         cells.push(format!("`{}`", s.env.as_deref().unwrap_or_default()));
     }
-    cells.extend([flag, default, used_by(&s.commands), s.help.clone()]);
+    cells.extend([flag, default, used_by(&s.commands, every), s.help.clone()]);
     format!(
         "| {} |\n",
         cells
