@@ -7,7 +7,7 @@ use futures::StreamExt;
 use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use tillstream_events::{EventEnvelope, Namespace};
 use tillstream_runtime::Shutdown;
-use tillstream_runtime::nats::ensure_streams;
+use tillstream_runtime::nats::{consumer_config, ensure_streams};
 use tillstream_runtime::retry::Backoff;
 use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
@@ -22,8 +22,6 @@ fn delivered(message: &jetstream::Message) -> u32 {
     message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32
 }
 
-/// How long JetStream waits for an ack before redelivering.
-const ACK_WAIT: Duration = Duration::from_secs(30);
 /// How a projector retries an event it could not apply before dead-lettering it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -123,24 +121,16 @@ impl Projector {
         backoff: &mut Backoff,
     ) -> Result<(), ProjectorError> {
         ensure_streams(&self.js, &self.namespace, self.replicas).await?;
+        // The consumer is defined in nats/streams.json, with the streams.
+        let (stream, config) = consumer_config(&self.namespace, "projector-main")?;
         let stream = self
             .js
-            .get_stream(self.namespace.events_stream())
+            .get_stream(stream)
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?;
-        let durable = self.namespace.consumer("projector-main");
+        let durable = config.durable_name.clone().unwrap_or_default();
         let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(
-                &durable,
-                pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: self.namespace.events_wildcard(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    max_ack_pending: 1000,
-                    ..Default::default()
-                },
-            )
+            .get_or_create_consumer(&durable, config)
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?;
         // Whatever has already arrived is applied together (up to MAX_BATCH events in one

@@ -26,6 +26,8 @@ pub enum NatsError {
         #[source]
         source: async_nats::ConnectError,
     },
+    #[error("nats/streams.json defines no consumer `{0}`")]
+    UnknownConsumer(String),
     #[error("NATS credentials: {0}")]
     Credentials(String),
     #[error("cannot read the NATS credentials file {path}: {source}")]
@@ -240,6 +242,51 @@ pub async fn connect(
 #[derive(Debug, Deserialize)]
 struct Definitions {
     streams: Vec<StreamDefinition>,
+    #[serde(default)]
+    consumers: Vec<ConsumerDefinition>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsumerDefinition {
+    name: String,
+    stream: String,
+    filter_subject: String,
+    ack_wait_secs: u64,
+    max_ack_pending: i64,
+}
+
+/// The durable pull consumer `name` of `nats/streams.json`, in `namespace`: the name of
+/// its stream and its configuration (explicit acks).
+pub fn consumer_config(
+    namespace: &Namespace,
+    name: &str,
+) -> Result<(String, jetstream::consumer::pull::Config), NatsError> {
+    let definitions: Definitions = serde_json::from_str(STREAMS_JSON)?;
+    let def = definitions
+        .consumers
+        .into_iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| NatsError::UnknownConsumer(name.to_owned()))?;
+    let durable = namespace.consumer(&def.name);
+    Ok((
+        namespace.stream(&def.stream),
+        jetstream::consumer::pull::Config {
+            durable_name: Some(durable),
+            filter_subject: prefixed(namespace, &def.filter_subject),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(def.ack_wait_secs),
+            max_ack_pending: def.max_ack_pending,
+            ..Default::default()
+        },
+    ))
+}
+
+/// `subject` in `namespace`.
+fn prefixed(namespace: &Namespace, subject: &str) -> String {
+    match namespace.prefix() {
+        "" => subject.to_owned(),
+        prefix => format!("{prefix}.{subject}"),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,10 +313,7 @@ pub fn stream_configs(
             let subjects = def
                 .subjects
                 .iter()
-                .map(|s| match namespace.prefix() {
-                    "" => s.clone(),
-                    prefix => format!("{prefix}.{s}"),
-                })
+                .map(|s| prefixed(namespace, s))
                 .collect();
             let name = namespace.stream(&def.name);
             stream::Config {
@@ -367,5 +411,20 @@ mod tests {
         );
         assert_eq!(events.num_replicas, 3);
         assert!(events.duplicate_window >= Duration::from_secs(600));
+
+        let (stream, consumer) =
+            consumer_config(&Namespace::new("t1").unwrap(), "projector-main").unwrap();
+        assert_eq!(stream, "T1_EVENTS");
+        assert_eq!(consumer.filter_subject, "t1.events.>");
+        assert_eq!(
+            consumer.durable_name.as_deref(),
+            Some(
+                Namespace::new("t1")
+                    .unwrap()
+                    .consumer("projector-main")
+                    .as_str()
+            )
+        );
+        assert!(consumer_config(&Namespace::new("t1").unwrap(), "nobody").is_err());
     }
 }
