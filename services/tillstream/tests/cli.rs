@@ -166,3 +166,33 @@ fn help_names_every_setting_and_a_settings_file_is_read() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn setup_prepares_everything_doctor_checks_and_can_run_again() {
+    let env = tillstream_testkit::TestEnv::new();
+    for db in ["users", "orders", "reads"] {
+        env.database_url(db); // dropped by cleanup
+    }
+    let run = |command: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tillstream"))
+            .args([command, "--postgres-url", &postgres_url()])
+            .args(["--database-prefix", &env.id])
+            .env("TILLSTREAM_NATS_URL", nats_url())
+            .env("TILLSTREAM_NAMESPACE", env.namespace.prefix())
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("the binary runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (healthy, text) = run("doctor");
+    assert!(!healthy && text.contains("tillstream setup"), "{text}");
+    for _ in 0..2 {
+        let (done, text) = run("setup");
+        assert!(done && text.contains("consumer"), "{text}");
+    }
+    let (healthy, text) = run("doctor");
+    assert!(healthy, "{text}");
+    env.cleanup().await;
+}

@@ -23,7 +23,32 @@ pub struct DoctorArgs {
 }
 
 /// A database suffix, the schemas it must hold, and what to do when it does not.
-type DatabaseCheck = (&'static str, Vec<(&'static str, Migrator)>, &'static str);
+pub(super) type DatabaseCheck = (&'static str, Vec<(&'static str, Migrator)>, &'static str);
+
+/// Every database of an installation and the schemas (migrations) it holds: what doctor
+/// checks and setup applies.
+pub(super) fn schemas() -> [DatabaseCheck; 3] {
+    [
+        (
+            "users",
+            vec![
+                ("event store", event_store::migrator()),
+                ("user service", tillstream_user::app::migrator()),
+            ],
+            "start the user service once, or run `tillstream setup`",
+        ),
+        (
+            "orders",
+            vec![("event store", event_store::migrator())],
+            "start the order service once, or run `tillstream setup`",
+        ),
+        (
+            "reads",
+            vec![("read models", tillstream_projections::migrator())],
+            "start the projector or the gateway once, or run `tillstream setup`",
+        ),
+    ]
+}
 
 #[derive(Default)]
 struct Report {
@@ -78,26 +103,7 @@ async fn check_postgres(args: &DoctorArgs, report: &mut Report) {
         report.ok(format!("clocks agree with Postgres (within {skew_text})"));
     }
 
-    let databases: [DatabaseCheck; 3] = [
-        (
-            "users",
-            vec![
-                ("event store", event_store::migrator()),
-                ("user service", tillstream_user::app::migrator()),
-            ],
-            "start the user service once",
-        ),
-        (
-            "orders",
-            vec![("event store", event_store::migrator())],
-            "start the order service once",
-        ),
-        (
-            "reads",
-            vec![("read models", tillstream_projections::migrator())],
-            "start the projector or the gateway once",
-        ),
-    ];
+    let databases = schemas();
     for (suffix, migrators, remedy) in databases {
         let name = format!("{}_{suffix}", args.db.database_prefix);
         let Ok(url) = postgres::with_database(&args.db.postgres_url, &name) else {
@@ -187,7 +193,7 @@ async fn check_nats(args: &DoctorArgs, report: &mut Report) {
                 )),
             },
             Err(_) => report.fail(format!(
-                "stream {} does not exist: start a relay or the projector once (they create it)",
+                "stream {} does not exist: start a relay or the projector once (they create it), or run `tillstream setup`",
                 config.name
             )),
         }

@@ -4,6 +4,7 @@ mod doctor;
 mod events;
 mod projections;
 mod replay;
+mod setup;
 mod token;
 mod up;
 
@@ -50,6 +51,9 @@ enum Command {
     Events(events::EventsCommand),
     /// Check connectivity, versions, schemas, streams and clocks; say what is wrong.
     Doctor(doctor::DoctorArgs),
+    /// Create the databases, apply every migration, create the streams and consumers, and
+    /// exit: a deployment's one-shot set-up step (idempotent).
+    Setup(setup::SetupArgs),
     /// Operate the read-model projections.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
@@ -75,6 +79,7 @@ impl Cli {
             Command::Replay(args) => replay::run(args).await,
             Command::Events(command) => events::run(command).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Setup(args) => setup::run(args).await,
             Command::Projections(command) => projections::run(command).await,
             Command::Token(args) => token::run(args),
         }
