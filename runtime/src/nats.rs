@@ -72,6 +72,13 @@ pub struct NatsConfig {
     pub stream_replicas: usize,
 }
 
+impl NatsConfig {
+    /// Connects to these servers with these credentials; see [`connect`].
+    pub async fn connect(&self, name: &str, wait: bool) -> Result<async_nats::Client, NatsError> {
+        connect(&self.nats_url, &self.credentials, name, wait).await
+    }
+}
+
 /// How a process logs in to NATS: at most one of a user and password, a token, a `.creds`
 /// file (JWT and NKey seed, from `nsc`) or an NKey seed file. None: anonymous (a server
 /// without authorization, or with `no_auth_user`). Secrets are read from the environment or

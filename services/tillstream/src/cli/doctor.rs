@@ -133,12 +133,7 @@ async fn check_postgres(args: &DoctorArgs, report: &mut Report) {
 
 async fn check_nats(args: &DoctorArgs, report: &mut Report) {
     let shown = nats::redact(&args.nats.nats_url);
-    let connecting = nats::connect(
-        &args.nats.nats_url,
-        &args.nats.credentials,
-        "tillstream-doctor",
-        true,
-    );
+    let connecting = args.nats.connect("tillstream-doctor", true);
     let client = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
         Ok(Ok(client)) => client,
         Ok(Err(nats::NatsError::Connect { source, .. }))

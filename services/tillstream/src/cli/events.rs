@@ -37,13 +37,7 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<()> {
         (false, Some(time)) => Start::Since(time),
         (false, None) => Start::New,
     };
-    let client = nats::connect(
-        &args.nats.nats_url,
-        &args.nats.credentials,
-        "tillstream-tail",
-        true,
-    )
-    .await?;
+    let client = args.nats.connect("tillstream-tail", true).await?;
     let namespace = Namespace::new(args.nats.namespace)?;
     let events = tail::follow(client, &namespace, args.subject, start).await?;
     let mut events = std::pin::pin!(events);

@@ -100,13 +100,7 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
         }
         DeadLettersCommand::Redrive { id, target } => {
             let pool = target.pool().await?;
-            let client = nats::connect(
-                &target.nats.nats_url,
-                &target.nats.credentials,
-                "tillstream-redrive",
-                false,
-            )
-            .await?;
+            let client = target.nats.connect("tillstream-redrive", false).await?;
             let projector = Projector::new(
                 pool.clone(),
                 client,
@@ -125,13 +119,7 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
 
 async fn run_rebuild(name: &str, allow_unapplied: bool, target: &Target) -> anyhow::Result<()> {
     let pool = target.pool().await?;
-    let client = nats::connect(
-        &target.nats.nats_url,
-        &target.nats.credentials,
-        "tillstream-rebuild",
-        false,
-    )
-    .await?;
+    let client = target.nats.connect("tillstream-rebuild", false).await?;
     let namespace = Namespace::new(target.nats.namespace.clone())?;
     let bar = Bar::new();
     let report = rebuild::rebuild(&pool, client, &namespace, name, allow_unapplied, &bar).await;

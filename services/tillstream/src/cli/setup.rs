@@ -33,13 +33,7 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<()> {
         }
         pool.close().await;
     }
-    let client = nats::connect(
-        &args.nats.nats_url,
-        &args.nats.credentials,
-        "tillstream-setup",
-        true,
-    )
-    .await?;
+    let client = args.nats.connect("tillstream-setup", true).await?;
     let js = async_nats::jetstream::new(client);
     let namespace = Namespace::new(args.nats.namespace.clone())?;
     nats::ensure_streams(&js, &namespace, args.nats.stream_replicas).await?;
