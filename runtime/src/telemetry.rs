@@ -23,8 +23,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// How a process logs and whether it exports traces. Every binary takes these flags.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TelemetryConfig {
-    /// OTLP/HTTP collector to export trace spans to, as a base URL (spans are posted to
-    /// `<url>/v1/traces`), e.g. `http://otel-collector:4318`. Unset: spans are not exported.
+    /// OTLP/HTTP collector to export trace spans to, as a plain `http://` base URL (spans are
+    /// posted to `<url>/v1/traces`), e.g. `http://otel-collector:4318`. Unset: no export.
     #[arg(
         long = "otlp-endpoint",
         env = "OTEL_EXPORTER_OTLP_ENDPOINT",
