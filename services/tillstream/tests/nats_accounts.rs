@@ -8,76 +8,49 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::{DEADLINE, register};
 use tillstream_proto::user::v1::user_service_client::UserServiceClient;
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::{self, NatsConfig, NatsCredentials};
+use tillstream_testkit::nats_server::PrivateNats;
 use tillstream_testkit::{TestEnv, eventually};
 
 const USERS: [&str; 5] = ["relay", "projector", "gateway", "predictor", "operator"];
 
-/// A nats-server with JetStream and the shipped accounts, on a free loopback port, with a
-/// fresh store; killed (and its files removed) on drop.
-struct PrivateNats {
-    child: Child,
+/// A private nats-server with JetStream and the shipped `nats/accounts.conf`, each user's
+/// password `<user>-<secret>`.
+struct AccountsServer {
+    nats: PrivateNats,
     url: String,
-    dir: PathBuf,
     secret: String,
 }
 
-impl PrivateNats {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(format!("tillstream-nats-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("server folder");
+impl AccountsServer {
+    async fn start(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).expect("server folder");
         let accounts = concat!(env!("CARGO_MANIFEST_DIR"), "/../../nats/accounts.conf");
         std::fs::copy(accounts, dir.join("accounts.conf")).expect("accounts.conf");
-        std::fs::write(
-            dir.join("server.conf"),
-            format!(
-                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ninclude \"accounts.conf\"\n",
-                dir.join("js").display()
-            ),
-        )
-        .expect("server config");
         let secret = uuid::Uuid::new_v4().simple().to_string();
-        let mut command = Command::new("/usr/sbin/nats-server");
-        command
-            .arg("-c")
-            .arg(dir.join("server.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for user in USERS {
-            command.env(
-                format!("TILLSTREAM_NATS_{}_PASSWORD", user.to_uppercase()),
-                password(&secret, user),
-            );
-        }
-        let server = PrivateNats {
-            child: command.spawn().expect("nats-server starts"),
-            url: format!("nats://127.0.0.1:{port}"),
-            dir,
+        let passwords: Vec<(String, String)> = USERS
+            .iter()
+            .map(|user| {
+                (
+                    format!("TILLSTREAM_NATS_{}_PASSWORD", user.to_uppercase()),
+                    password(&secret, user),
+                )
+            })
+            .collect();
+        let login = Some(("operator".to_owned(), password(&secret, "operator")));
+        let nats =
+            PrivateNats::start_configured(dir, "include \"accounts.conf\"", &passwords, login)
+                .await;
+        AccountsServer {
+            url: nats.url(),
+            nats,
             secret,
-        };
-        let operator = server.login("operator");
-        eventually(DEADLINE, "the private nats-server to accept logins", || {
-            let (url, operator) = (server.url.clone(), operator.clone());
-            async move {
-                nats::connect(&url, &operator, "probe", true)
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        })
-        .await;
-        server
+        }
     }
 
     fn login(&self, user: &str) -> NatsCredentials {
@@ -100,14 +73,6 @@ impl PrivateNats {
     }
 }
 
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn password(secret: &str, user: &str) -> String {
     format!("{user}-{secret}")
 }
@@ -123,8 +88,8 @@ async fn messages(operator: &async_nats::Client, stream: &str) -> u64 {
 
 #[tokio::test]
 async fn each_service_logs_in_as_its_own_nats_user_with_only_what_it_needs() {
-    let server = PrivateNats::start().await;
     let env = TestEnv::new();
+    let server = AccountsServer::start(&env.data_dir.join("nats")).await;
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let (users_db, reads_db) = (env.database_url("users"), env.database_url("reads"));
 
@@ -274,5 +239,6 @@ async fn each_service_logs_in_as_its_own_nats_user_with_only_what_it_needs() {
 
     shutdown.cancel();
     let _ = running.await;
+    drop(server.nats);
     env.cleanup().await;
 }
