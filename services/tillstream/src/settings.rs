@@ -146,6 +146,8 @@ const OUTRO: &str = "
 | `TILLSTREAM_NATS_<USER>_PASSWORD` | none: required | `nats-server` with `nats/accounts.conf` | The password of NATS user `<USER>` (`RELAY`, `PROJECTOR`, `GATEWAY`, `PREDICTOR`, `OPERATOR`); give each service the same value as its `TILLSTREAM_NATS_PASSWORD`. |
 | `TILLSTREAM_PG_PORT`, `TILLSTREAM_NATS_PORT` | `5432`, `4222` | `scripts/services` (`scripts/up`, `scripts/test`) | Ports of the PostgreSQL and NATS servers it starts when none answers. |
 | `TILLSTREAM_SERVICES_DIR`, `TILLSTREAM_PG_DIR` | `.data/services`, `/var/lib/tillstream/postgres` as root | `scripts/services` | Where those servers keep their data. |
+| `TILLSTREAM_FAILPOINTS` | unset | the relay and the projector, in fault tests only | Kill the process at a named point (`relay.after_publish`, `projector.before_ack`, optionally `@N`); see docs/reliability.md. Never set in production. |
+| `TILLSTREAM_BIN_DIR`, `TILLSTREAM_NATS_SERVER` | the test's own target folder; `nats-server` on the `PATH`, else `/usr/sbin/nats-server` | the test suite | Where tests find the service binaries and nats-server they start. |
 | `TILLSTREAM_TEST_POSTGRES_URL` | `postgres://postgres@127.0.0.1:5432/postgres` | the test suite | The Postgres server tests create their databases on. |
 | `TILLSTREAM_TEST_NATS_URL` | `nats://127.0.0.1:4222` | the test suite | The NATS server (with JetStream) tests use. |
 
