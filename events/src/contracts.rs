@@ -62,7 +62,9 @@ fn asyncapi(events: &[EventContract]) -> Value {
                         "properties": {
                             "Nats-Msg-Id": { "type": "string", "description": "<aggregate>:<id>:<sequence>, the dedupe key" },
                             "Tillstream-Event-Type": { "const": name },
-                            "Tillstream-Sequence": { "type": "string", "description": "the aggregate's sequence, from 1" }
+                            "Tillstream-Sequence": { "type": "string", "description": "the aggregate's sequence, from 1" },
+                            "Tillstream-Correlation-Id": { "type": "string", "description": "the correlation id of the request that caused the event" },
+                            "traceparent": { "type": "string", "description": "W3C trace context (00-<trace id>-<span id>-<flags>) when the request was traced; consumers continue the trace from it" }
                         }
                     },
                     "payload": {

@@ -84,8 +84,14 @@ pub struct EventMetadata {
     pub actor: Actor,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// W3C trace id (32 lowercase hex digits) of the request that caused the event, when it
+    /// was traced: the `traceparent` a caller sent, or the trace the service started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// W3C span id (16 hex digits) of the command's span in that trace: with `trace_id` it
+    /// is the parent the relay's `traceparent` NATS header continues from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 const CORRELATION_ID: &str = "correlation_id";
@@ -94,6 +100,7 @@ const ACTOR_ID: &str = "actor_id";
 const ACTOR_ROLE: &str = "actor_role";
 const IDEMPOTENCY_KEY: &str = "idempotency_key";
 const TRACE_ID: &str = "trace_id";
+const SPAN_ID: &str = "span_id";
 
 impl EventMetadata {
     pub fn new(correlation_id: impl Into<String>, actor: Actor) -> Self {
@@ -103,6 +110,7 @@ impl EventMetadata {
             actor,
             idempotency_key: None,
             trace_id: None,
+            span_id: None,
         }
     }
 
@@ -115,6 +123,7 @@ impl EventMetadata {
             (ACTOR_ROLE, self.actor.role.map(|r| r.as_str().to_owned())),
             (IDEMPOTENCY_KEY, self.idempotency_key.clone()),
             (TRACE_ID, self.trace_id.clone()),
+            (SPAN_ID, self.span_id.clone()),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
@@ -137,6 +146,7 @@ impl EventMetadata {
             },
             idempotency_key: get(IDEMPOTENCY_KEY),
             trace_id: get(TRACE_ID),
+            span_id: get(SPAN_ID),
         }
     }
 }
@@ -150,6 +160,8 @@ mod tests {
         let mut meta = EventMetadata::new("corr-1", Actor::user("u-1", Role::Admin));
         meta.causation_id = Some("cause".into());
         meta.idempotency_key = Some("key-1".into());
+        meta.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        meta.span_id = Some("00f067aa0ba902b7".into());
         assert_eq!(EventMetadata::from_map(&meta.to_map()), meta);
 
         let anonymous = EventMetadata::new("corr-2", Actor::anonymous());

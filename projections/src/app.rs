@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use tillstream_events::Namespace;
 use tillstream_runtime::grpc_host::{self, HostError};
-use tillstream_runtime::nats::{self, NatsReady};
+use tillstream_runtime::nats::NatsReady;
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::{Shutdown, StartError};
@@ -35,7 +35,7 @@ impl App {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, 5)?;
         migrate(&pool).await?;
-        let client = nats::connect(&config.nats.nats_url, "tillstream-projector", false).await?;
+        let client = config.nats.connect("tillstream-projector", false).await?;
         let readiness = Readiness::default()
             .with(PostgresReady {
                 name: "postgres",

@@ -22,3 +22,28 @@ pub struct Config {
     )]
     pub ops_addr: SocketAddr,
 }
+
+// The command line of `tillstream-projector`: its settings and the logging and tracing flags every binary
+// takes. The doc comment below is its `--help` text.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tillstream-projector",
+    version,
+    about = "Builds the read models from the EVENTS stream"
+)]
+/// The projector: a durable JetStream consumer on EVENTS that applies each event exactly
+/// once to the Postgres read models (users, orders, order items) the gateway serves, with
+/// per-aggregate checkpoints in the same transactions. Events it cannot apply are retried
+/// and then dead-lettered (`tillstream projections dead-letters`). Serves /healthz, /readyz
+/// and /metrics on --ops-addr.
+///
+/// Every flag can also be set by the environment variable shown with it; all settings of
+/// every binary are listed in docs/configuration.md.
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(flatten)]
+    pub telemetry: tillstream_runtime::telemetry::TelemetryConfig,
+    #[command(flatten)]
+    pub file: tillstream_runtime::config_file::ConfigFile,
+}

@@ -31,5 +31,5 @@ pub mod read_model;
 pub mod rebuild;
 
 pub use app::{App, migrate, migrator};
-pub use config::Config;
+pub use config::{Cli, Config};
 pub use projector::{ApplyOutcome, Projector, ProjectorError, RetryPolicy};

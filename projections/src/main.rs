@@ -1,20 +1,19 @@
 use clap::Parser;
+use tillstream_runtime::telemetry;
 
-#[derive(Parser)]
-#[command(
-    name = "tillstream-projector",
-    version,
-    about = "Builds the read models from the EVENTS stream"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: tillstream_projections::Config,
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(tillstream_projections::Cli::parse())
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tillstream_runtime::telemetry::init();
-    let cli = Cli::parse();
+async fn run(cli: tillstream_projections::Cli) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(
+        &cli.telemetry,
+        "tillstream-projector",
+        telemetry::SERVER_FILTER,
+    )?;
     let app = tillstream_projections::App::build(cli.config).await?;
     tracing::info!(ops = %app.ops_addr(), "projector running");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

@@ -7,8 +7,10 @@ use futures::StreamExt;
 use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use tillstream_events::{EventEnvelope, Namespace};
 use tillstream_runtime::Shutdown;
-use tillstream_runtime::nats::ensure_streams;
+use tillstream_runtime::nats::{consumer_config, ensure_streams};
 use tillstream_runtime::retry::Backoff;
+use tillstream_runtime::{telemetry, trace_context};
+use tracing::Instrument;
 
 use crate::read_model::{self, ApplyError, PROJECTION};
 
@@ -20,8 +22,6 @@ fn delivered(message: &jetstream::Message) -> u32 {
     message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32
 }
 
-/// How long JetStream waits for an ack before redelivering.
-const ACK_WAIT: Duration = Duration::from_secs(30);
 /// How a projector retries an event it could not apply before dead-lettering it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -121,24 +121,16 @@ impl Projector {
         backoff: &mut Backoff,
     ) -> Result<(), ProjectorError> {
         ensure_streams(&self.js, &self.namespace, self.replicas).await?;
+        // The consumer is defined in nats/streams.json, with the streams.
+        let (stream, config) = consumer_config(&self.namespace, "projector-main")?;
         let stream = self
             .js
-            .get_stream(self.namespace.events_stream())
+            .get_stream(stream)
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?;
-        let durable = self.namespace.consumer("projector-main");
+        let durable = config.durable_name.clone().unwrap_or_default();
         let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(
-                &durable,
-                pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: self.namespace.events_wildcard(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    max_ack_pending: 1000,
-                    ..Default::default()
-                },
-            )
+            .get_or_create_consumer(&durable, config)
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?;
         // Whatever has already arrived is applied together (up to MAX_BATCH events in one
@@ -210,8 +202,24 @@ impl Projector {
         let mut outcomes = Vec::with_capacity(decoded.len());
         let committed = async {
             let mut tx = self.pool.begin().await?;
-            for (_, envelope) in &decoded {
-                outcomes.push(apply_in(&mut tx, envelope).await);
+            for (message, envelope) in &decoded {
+                // Each event's work continues the trace its `traceparent` header names.
+                let span = if telemetry::exporting() {
+                    tracing::info_span!(
+                        "projector.apply",
+                        otel.kind = "consumer",
+                        messaging.system = "nats",
+                        messaging.message.id = %envelope.message_id(),
+                        correlation_id = %envelope.metadata.correlation_id,
+                    )
+                } else {
+                    tracing::Span::none()
+                };
+                trace_context::continue_from(
+                    &span,
+                    trace_context::from_nats(message.headers.as_ref()).as_ref(),
+                );
+                outcomes.push(apply_in(&mut tx, envelope).instrument(span).await);
             }
             tx.commit().await
         }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use tillstream_events::Namespace;
 use tillstream_runtime::event_store;
 use tillstream_runtime::grpc_host::{self, HostError};
-use tillstream_runtime::nats::{self, NatsReady};
+use tillstream_runtime::nats::NatsReady;
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::{Shutdown, StartError};
@@ -26,7 +26,7 @@ impl App {
         postgres::ensure_database(&config.database_url).await?;
         let pool = postgres::pool(&config.database_url, 3)?;
         event_store::migrate(&pool).await?;
-        let client = nats::connect(&config.nats.nats_url, "tillstream-relay", false).await?;
+        let client = config.nats.connect("tillstream-relay", false).await?;
         let namespace = Namespace::new(config.nats.namespace)?;
         let readiness = Readiness::default()
             .with(PostgresReady {

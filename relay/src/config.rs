@@ -36,3 +36,29 @@ pub struct Config {
     )]
     pub ops_addr: SocketAddr,
 }
+
+// The command line of `tillstream-relay`: its settings and the logging and tracing flags every binary
+// takes. The doc comment below is its `--help` text.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tillstream-relay",
+    version,
+    about = "Publishes an event store's committed events to JetStream"
+)]
+/// The relay: follows one command service's event store in commit order and publishes
+/// every committed event to the JetStream stream EVENTS (subject
+/// `events.<aggregate>.<id>`, deduplicated by `Nats-Msg-Id`), exactly once after dedupe and
+/// in per-aggregate order; its checkpoint lives in the same database. Run one per event
+/// store (users, orders); a second one on the same store stands by. Creates the streams of
+/// nats/streams.json. Serves /healthz, /readyz and /metrics on --ops-addr.
+///
+/// Every flag can also be set by the environment variable shown with it; all settings of
+/// every binary are listed in docs/configuration.md.
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(flatten)]
+    pub telemetry: tillstream_runtime::telemetry::TelemetryConfig,
+    #[command(flatten)]
+    pub file: tillstream_runtime::config_file::ConfigFile,
+}

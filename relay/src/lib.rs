@@ -39,5 +39,5 @@ mod config;
 mod relay;
 
 pub use app::App;
-pub use config::Config;
+pub use config::{Cli, Config};
 pub use relay::{Relay, RelayError};

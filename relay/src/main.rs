@@ -1,20 +1,15 @@
 use clap::Parser;
+use tillstream_runtime::telemetry;
 
-#[derive(Parser)]
-#[command(
-    name = "tillstream-relay",
-    version,
-    about = "Publishes an event store's committed events to JetStream"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: tillstream_relay::Config,
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(tillstream_relay::Cli::parse())
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tillstream_runtime::telemetry::init();
-    let cli = Cli::parse();
+async fn run(cli: tillstream_relay::Cli) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(&cli.telemetry, "tillstream-relay", telemetry::SERVER_FILTER)?;
     let app = tillstream_relay::App::build(cli.config).await?;
     tracing::info!(ops = %app.ops_addr(), "relay running");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

@@ -12,6 +12,8 @@ use tillstream_events::{EventEnvelope, EventMetadata, Namespace, upcast, wire_pa
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::ensure_streams;
 use tillstream_runtime::retry::Backoff;
+use tillstream_runtime::{telemetry, trace_context};
+use tracing::Instrument;
 
 /// The Postgres channel the event store's trigger notifies on commit.
 const CHANNEL: &str = "tillstream_events";
@@ -266,15 +268,50 @@ impl Relay {
             }
             let body = serde_json::to_vec(&envelope)
                 .map_err(|e| RelayError::Encode(envelope.message_id(), e))?;
-            let message = PublishMessage::build()
+            let mut message = PublishMessage::build()
                 .payload(body.into())
                 .message_id(envelope.message_id())
                 .header("Tillstream-Event-Type", envelope.event_type.as_str())
                 .header(
                     "Tillstream-Sequence",
                     envelope.sequence.to_string().as_str(),
+                )
+                .header(
+                    "Tillstream-Correlation-Id",
+                    envelope.metadata.correlation_id.as_str(),
                 );
-            wave.push(self.js.send_publish(subject.clone(), message).await?);
+            // The event continues the trace of the command that wrote it: a publish span
+            // under the command's span when spans are exported, and in either case a
+            // `traceparent` header the projector (or any subscriber) continues from.
+            let parent = match (&envelope.metadata.trace_id, &envelope.metadata.span_id) {
+                (Some(trace), Some(span)) => trace_context::from_ids(trace, span),
+                _ => None,
+            };
+            let span = if telemetry::exporting() {
+                tracing::info_span!(
+                    "relay.publish",
+                    otel.kind = "producer",
+                    messaging.system = "nats",
+                    messaging.destination.name = %subject,
+                    messaging.message.id = %envelope.message_id(),
+                    correlation_id = %envelope.metadata.correlation_id,
+                )
+            } else {
+                tracing::Span::none()
+            };
+            trace_context::continue_from(&span, parent.as_ref());
+            if let Some(traceparent) = trace_context::outgoing(&span, parent.as_ref())
+                .as_ref()
+                .and_then(trace_context::format)
+            {
+                message = message.header(trace_context::TRACEPARENT, traceparent.as_str());
+            }
+            let ack = self
+                .js
+                .send_publish(subject.clone(), message)
+                .instrument(span)
+                .await?;
+            wave.push(ack);
             wave_subjects.insert(subject);
         }
         duplicates += settle(&mut wave).await?;

@@ -69,6 +69,7 @@ async fn relay_catches_up_after_nats_was_unreachable() {
     let proxy = CuttableProxy::start(nats_addr).await.unwrap();
     let relayed = nats::connect(
         &format!("nats://{}", proxy.addr()),
+        &nats::NatsCredentials::default(),
         "relay-under-test",
         false,
     )

@@ -10,9 +10,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::Shutdown;
 use crate::event_store::{CommandError, Idempotency, MAX_IDEMPOTENCY_KEY_BYTES};
 use crate::tokens::{Claims, TokenVerifier};
+use crate::{Shutdown, trace_context};
 
 /// Request metadata key carrying the correlation id across services.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -83,6 +83,8 @@ pub fn event_metadata(
 ) -> EventMetadata {
     let actor = caller.map_or_else(Actor::anonymous, |c| Actor::user(c.user_id.clone(), c.role));
     let mut meta = EventMetadata::new(correlation_id(metadata), actor);
+    // A correlation id made up here shows in the request's log lines too.
+    tracing::Span::current().record("correlation_id", meta.correlation_id.as_str());
     // The cause of a command's events is the command itself: the caller's request id when it
     // sends one (`x-request-id`), else a fresh id for this request.
     meta.causation_id =
@@ -90,7 +92,36 @@ pub fn event_metadata(
     if !idempotency_key.is_empty() {
         meta.idempotency_key = Some(idempotency_key.to_owned());
     }
+    // The trace the events belong to: this request's span when spans are exported (a child
+    // of the caller's `traceparent`), else the caller's `traceparent` itself.
+    let incoming = header(metadata, trace_context::TRACEPARENT)
+        .as_deref()
+        .and_then(trace_context::parse);
+    if let Some(context) = trace_context::outgoing(&tracing::Span::current(), incoming.as_ref()) {
+        meta.trace_id = Some(context.trace_id().to_string());
+        meta.span_id = Some(context.span_id().to_string());
+    }
     meta
+}
+
+/// The span of one gRPC request, named by its method and carrying its correlation id, as
+/// a child of the caller's `traceparent` when there is one. Installed on every command
+/// service's server ([`crate::grpc_host::GrpcHost::router`]).
+pub fn request_span(request: &http::Request<()>) -> tracing::Span {
+    let correlation = request
+        .headers()
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128);
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %request.uri().path(),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        correlation_id = correlation,
+    );
+    trace_context::continue_from(&span, trace_context::from_http(request.headers()).as_ref());
+    span
 }
 
 /// What every command carries besides its own fields: event metadata (correlation id,

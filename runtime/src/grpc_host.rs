@@ -126,7 +126,9 @@ impl GrpcHost {
         reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        let mut server = tonic::transport::Server::builder().timeout(REQUEST_TIMEOUT);
+        let mut server = tonic::transport::Server::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .trace_fn(crate::grpc::request_span);
         if let Some(tls) = tls {
             server = server.tls_config(tls.config()?)?;
         }

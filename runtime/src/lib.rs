@@ -7,6 +7,7 @@
 //! `App::run(shutdown)` that serves until the [`Shutdown`] token fires.
 
 pub mod audit;
+pub mod config_file;
 pub mod event_store;
 pub mod failpoint;
 pub mod gate;
@@ -22,6 +23,7 @@ pub mod startup;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod trace_context;
 
 pub use shutdown::Shutdown;
 pub use sqlx::PgPool;

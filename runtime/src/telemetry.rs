@@ -1,32 +1,167 @@
-//! Tracing and metrics set-up, done once per process. The Prometheus recorder is installed
-//! here, so work done while a service builds (the first admin, say) is counted.
-//! `RUST_LOG` filters (default `info`); `TILLSTREAM_LOG_FORMAT=json` switches to one JSON
-//! object per line.
+//! Logs, trace export and metrics set-up, done once per process. The Prometheus recorder
+//! is installed here, so work done while a service builds (the first admin, say) is counted.
+//!
+//! - Logs: `RUST_LOG` filters (default `info`); `--log-format json` (or
+//!   `TILLSTREAM_LOG_FORMAT=json`) writes one JSON object per line, with the fields of the
+//!   spans it happened in (the request's `correlation_id`, for one).
+//! - Traces: with `--otlp-endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) set, every span is
+//!   exported over OTLP/HTTP (protobuf) to `<endpoint>/v1/traces`, in batches from a
+//!   background thread. Unset (the default), no OpenTelemetry layer is installed: spans carry
+//!   no trace data, nothing is buffered and no thread is started. How contexts cross
+//!   processes either way is in [`crate::trace_context`].
 
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-static INIT: Once = Once::new();
-
-pub fn init() {
-    init_with("info,sqlx::postgres::notice=warn");
+/// How a process logs and whether it exports traces. Every binary takes these flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector to export trace spans to, as a plain `http://` base URL (spans are
+    /// posted to `<url>/v1/traces`), e.g. `http://otel-collector:4318`. Unset: no export.
+    #[arg(
+        long = "otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        global = true
+    )]
+    pub otlp_endpoint: Option<String>,
+    /// Service name on exported spans (default: the binary's name).
+    #[arg(long = "service-name", env = "OTEL_SERVICE_NAME", global = true)]
+    pub service_name: Option<String>,
+    /// Log lines as `text` or `json` (one JSON object per line, with span fields).
+    #[arg(
+        long = "log-format",
+        env = "TILLSTREAM_LOG_FORMAT",
+        default_value = "text",
+        value_enum,
+        global = true
+    )]
+    pub log_format: LogFormat,
 }
 
-/// Like [`init`] with another default filter (command-line tools log only warnings).
-pub fn init_with(default_filter: &str) {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot set up the OTLP exporter for {endpoint}: {source}")]
+    Exporter {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Keeps trace export running; dropping it sends the spans still buffered and stops the
+/// exporter. Hold it for the life of the process.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends the spans finished so far (tests; shutdown does this too).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(error) = provider.force_flush()
+        {
+            tracing::warn!(%error, "trace spans could not be flushed");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("trace export did not shut down cleanly: {error}");
+        }
+    }
+}
+
+/// The default `RUST_LOG` filter of the servers.
+pub const SERVER_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans. Per-event work (the relay, the projector) opens its
+/// spans only then: with export off it costs nothing beyond passing `traceparent` on.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Installs logging (and trace export when configured) for the process `service`, with
+/// `default_filter` when `RUST_LOG` is unset (servers: `info`; command-line tools: `warn`).
+/// Only the first call installs anything; later ones (a test harness) get an inert guard.
+pub fn init(
+    config: &TelemetryConfig,
+    service: &str,
+    default_filter: &str,
+) -> Result<Telemetry, TelemetryError> {
     crate::ops::prometheus();
-    INIT.call_once(|| {
-        let filter =
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-        let json = std::env::var("TILLSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json");
-        let builder = tracing_subscriber::fmt().with_env_filter(filter);
-        let result = if json {
-            builder.json().try_init()
-        } else {
-            builder.try_init()
-        };
-        // Another subscriber (a test harness) may already be installed; keep it.
-        let _ = result;
-    });
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(Telemetry { provider: None });
+    }
+    let provider = match config.otlp_endpoint.as_deref().map(str::trim) {
+        Some(endpoint) if !endpoint.is_empty() => {
+            let name = config.service_name.as_deref().unwrap_or(service);
+            Some(tracer_provider(endpoint, name)?)
+        }
+        _ => None,
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let logs = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let traces = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
+    // Another subscriber (a test harness) may already be installed; keep it.
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .is_ok();
+    EXPORTING.store(installed && provider.is_some(), Ordering::Relaxed);
+    Ok(Telemetry { provider })
+}
+
+fn tracer_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .build()
+        .map_err(|source| TelemetryError::Exporter {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build())
 }

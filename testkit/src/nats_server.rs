@@ -15,6 +15,8 @@ use crate::process::{ChildProcess, free_port};
 pub struct PrivateNats {
     process: ChildProcess,
     port: u16,
+    /// The user and password the readiness probe logs in with (servers with accounts).
+    login: Option<(String, String)>,
 }
 
 fn nats_server_binary() -> PathBuf {
@@ -44,7 +46,49 @@ impl PrivateNats {
             .arg("-js")
             .arg("-sd")
             .arg(store.display().to_string());
-        let mut nats = PrivateNats { process, port };
+        let mut nats = PrivateNats {
+            process,
+            port,
+            login: None,
+        };
+        nats.process.start();
+        nats.wait_ready(Duration::from_secs(20)).await;
+        nats
+    }
+
+    /// Starts a server like [`Self::start`] with `config` added to its configuration file
+    /// (`dir/nats-server.conf`; files it includes must be in `dir`) and `env` in its
+    /// environment (an accounts file's `$PASSWORD` variables, say); the readiness probe logs
+    /// in as `login`.
+    pub async fn start_configured(
+        dir: &Path,
+        config: &str,
+        env: &[(String, String)],
+        login: Option<(String, String)>,
+    ) -> Self {
+        let port = free_port();
+        let store = dir.join("nats-store");
+        std::fs::create_dir_all(&store).expect("NATS store folder");
+        let file = dir.join("nats-server.conf");
+        std::fs::write(
+            &file,
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\n{config}\n",
+                store.display()
+            ),
+        )
+        .expect("NATS config file");
+        let mut process = ChildProcess::new("nats-server", nats_server_binary(), dir)
+            .arg("-c")
+            .arg(file.display().to_string());
+        for (key, value) in env {
+            process = process.env(key, value.clone());
+        }
+        let mut nats = PrivateNats {
+            process,
+            port,
+            login,
+        };
         nats.process.start();
         nats.wait_ready(Duration::from_secs(20)).await;
         nats
@@ -80,10 +124,12 @@ impl PrivateNats {
                 "nats-server exited; its log ends:\n{}",
                 self.process.log_tail(30)
             );
-            let connected = async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_millis(500))
-                .connect(self.url())
-                .await;
+            let mut options =
+                async_nats::ConnectOptions::new().connection_timeout(Duration::from_millis(500));
+            if let Some((user, password)) = &self.login {
+                options = options.user_and_password(user.clone(), password.clone());
+            }
+            let connected = options.connect(self.url()).await;
             let last_error = match connected {
                 // JetStream answers (here: that no such stream exists) once it has
                 // recovered its store. (async-nats 0.51 cannot parse 2.9's account info.)

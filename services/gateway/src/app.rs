@@ -31,7 +31,6 @@ use crate::rate_limit::{self, RateLimit};
 use crate::request_metrics::{self, OperationName, Publisher, RequestMetrics};
 use crate::rest;
 use tillstream_events::Namespace;
-use tillstream_runtime::nats;
 
 pub struct App {
     listener: TcpListener,
@@ -81,6 +80,9 @@ pub fn router(
         .layer(from_fn_with_state(metrics, request_metrics::measure))
         .merge(ops::router(readiness))
         .layer(axum::middleware::from_fn(ops::track_requests))
+        .layer(axum::middleware::from_fn(
+            crate::request_trace::trace_requests,
+        ))
 }
 
 /// Runs one GraphQL request as the viewer its bearer token names, and labels the
@@ -155,7 +157,7 @@ impl App {
         let reads = Reads::connect(&config.database_url, config.db_pool_size).await?;
         let readiness = Readiness::default().with(reads.readiness());
         // Metrics go to NATS when it is there; the gateway serves without it.
-        let client = nats::connect(&config.nats.nats_url, "tillstream-gateway", false).await?;
+        let client = config.nats.connect("tillstream-gateway", false).await?;
         let namespace = Namespace::new(config.nats.namespace)?;
         let subject = namespace.request_metrics_subject("gateway");
         let events = OrderEvents::new(client.clone(), namespace);

@@ -11,6 +11,7 @@ use tillstream_projections::queries::Reads;
 use tillstream_runtime::gate::still_active;
 use tillstream_runtime::grpc::Caller;
 use tillstream_runtime::tokens::TokenVerifier;
+use tillstream_runtime::trace_context;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -46,12 +47,14 @@ impl Viewer {
 }
 
 /// What the gateway passes on to the command services with each forwarded command: the
-/// caller's own `authorization` header (the services verify it again) and the request's
-/// correlation id (`x-correlation-id` from the HTTP request, or a new one).
+/// caller's own `authorization` header (the services verify it again), the request's
+/// correlation id (`x-correlation-id` from the HTTP request, or a new one) and its trace
+/// context (`traceparent`).
 #[derive(Debug, Clone)]
 pub struct Forward {
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     correlation_id: String,
+    traceparent: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl Forward {
@@ -66,10 +69,12 @@ impl Forward {
         Forward {
             authorization,
             correlation_id,
+            traceparent: trace_context::from_http(headers),
         }
     }
 
-    /// `message` as a gRPC request carrying the caller's token and the correlation id.
+    /// `message` as a gRPC request carrying the caller's token, the correlation id and the
+    /// trace context (the current span's when spans are exported, else the caller's).
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(authorization) = &self.authorization {
@@ -81,6 +86,16 @@ impl Forward {
             request
                 .metadata_mut()
                 .insert("x-correlation-id", correlation);
+        }
+        let context = trace_context::outgoing(&tracing::Span::current(), self.traceparent.as_ref());
+        if let Some(value) = context
+            .as_ref()
+            .and_then(trace_context::format)
+            .and_then(|v| v.parse().ok())
+        {
+            request
+                .metadata_mut()
+                .insert(trace_context::TRACEPARENT, value);
         }
         request
     }

@@ -150,3 +150,27 @@ impl Default for Limits {
         }
     }
 }
+
+// The command line of `tillstream-gateway`: its settings and the logging and tracing flags every binary
+// takes. The doc comment below is its `--help` text.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tillstream-gateway",
+    version,
+    about = "tillstream GraphQL gateway over the read models"
+)]
+/// The gateway: GraphQL on /graphql (GraphiQL in a browser) over the read models, with
+/// bearer tokens and per-role access; mutations are forwarded to the user and order
+/// services over gRPC with the caller's token, correlation id and trace context. Also
+/// /healthz, /readyz and /metrics on the same address.
+///
+/// Every flag can also be set by the environment variable shown with it; all settings of
+/// every binary are listed in docs/configuration.md.
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(flatten)]
+    pub telemetry: tillstream_runtime::telemetry::TelemetryConfig,
+    #[command(flatten)]
+    pub file: tillstream_runtime::config_file::ConfigFile,
+}

@@ -17,7 +17,8 @@ pub mod graphql;
 pub mod operations;
 pub mod rate_limit;
 pub mod request_metrics;
+pub mod request_trace;
 pub mod rest;
 
 pub use app::App;
-pub use config::Config;
+pub use config::{Cli, Config};

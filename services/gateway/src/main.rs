@@ -1,20 +1,19 @@
 use clap::Parser;
+use tillstream_runtime::telemetry;
 
-#[derive(Parser)]
-#[command(
-    name = "tillstream-gateway",
-    version,
-    about = "tillstream GraphQL gateway over the read models"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: tillstream_gateway::Config,
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(tillstream_gateway::Cli::parse())
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tillstream_runtime::telemetry::init();
-    let cli = Cli::parse();
+async fn run(cli: tillstream_gateway::Cli) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(
+        &cli.telemetry,
+        "tillstream-gateway",
+        telemetry::SERVER_FILTER,
+    )?;
     let app = tillstream_gateway::App::build(cli.config).await?;
     tracing::info!(http = %app.http_addr(), "gateway listening; GraphiQL at /graphql");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

@@ -69,3 +69,28 @@ impl Config {
         }
     }
 }
+
+// The command line of `tillstream-order`: its settings and the logging and tracing flags every binary
+// takes. The doc comment below is its `--help` text.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tillstream-order",
+    version,
+    about = "tillstream order command service (gRPC)"
+)]
+/// The order command service: places, pays, ships, delivers and cancels orders over gRPC
+/// (`tillstream.order.v1`, with `grpc.health.v1` and reflection). Every change is an event in
+/// its Postgres event store; run a `tillstream-relay` on the same database to publish them.
+/// Verifies access tokens with the public key in `<data-dir>/keys/` (the user service makes
+/// it). Serves /healthz, /readyz and /metrics on --ops-addr.
+///
+/// Every flag can also be set by the environment variable shown with it; all settings of
+/// every binary are listed in docs/configuration.md.
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(flatten)]
+    pub telemetry: tillstream_runtime::telemetry::TelemetryConfig,
+    #[command(flatten)]
+    pub file: tillstream_runtime::config_file::ConfigFile,
+}

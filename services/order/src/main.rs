@@ -1,20 +1,15 @@
 use clap::Parser;
+use tillstream_runtime::telemetry;
 
-#[derive(Parser)]
-#[command(
-    name = "tillstream-order",
-    version,
-    about = "tillstream order command service (gRPC)"
-)]
-struct Cli {
-    #[command(flatten)]
-    config: tillstream_order::Config,
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(tillstream_order::Cli::parse())
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tillstream_runtime::telemetry::init();
-    let cli = Cli::parse();
+async fn run(cli: tillstream_order::Cli) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(&cli.telemetry, "tillstream-order", telemetry::SERVER_FILTER)?;
     let app = tillstream_order::App::build(cli.config).await?;
     tracing::info!(grpc = %app.grpc_addr(), ops = %app.ops_addr(), "order service listening");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

@@ -6,8 +6,10 @@
 //! `tillstream up` is this plus demo data ([`demo`]); the end-to-end tests start it on
 //! random ports with their own databases and namespace.
 
+pub mod cli;
 pub mod demo;
 pub mod platform;
+pub mod settings;
 pub mod tail;
 
 pub use platform::{Platform, PlatformConfig};

@@ -1,16 +1,23 @@
 //! `tillstream`: the platform's one binary. See `tillstream --help`.
 
-mod cli;
-
 use clap::Parser;
+use tillstream::cli::Cli;
+use tillstream_runtime::telemetry;
+
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(Cli::parse())
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = cli::Cli::parse();
-    if cli.is_server() {
-        tillstream_runtime::telemetry::init();
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Servers log at info; one-off commands only warn.
+    let filter = if cli.is_server() {
+        telemetry::SERVER_FILTER
     } else {
-        tillstream_runtime::telemetry::init_with("warn");
-    }
+        "warn"
+    };
+    let _telemetry = telemetry::init(cli.telemetry(), "tillstream", filter)?;
     cli.run().await
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use tillstream_runtime::grpc_host::HostError;
+use tillstream_runtime::nats::NatsCredentials;
 use tillstream_runtime::tls::ServerTls;
 use tillstream_runtime::{Shutdown, StartError, postgres};
 
@@ -13,7 +14,10 @@ use tillstream_runtime::{Shutdown, StartError, postgres};
 pub struct PlatformConfig {
     pub postgres_url: String,
     pub database_prefix: String,
+    /// NATS server URL, or comma-separated seeds.
     pub nats_url: String,
+    /// How every part logs in to NATS (in one process they share one user: `operator`).
+    pub nats_credentials: NatsCredentials,
     pub namespace: String,
     pub stream_replicas: usize,
     pub data_dir: PathBuf,
@@ -58,6 +62,7 @@ impl PlatformConfig {
             postgres_url,
             database_prefix,
             nats_url,
+            nats_credentials: NatsCredentials::default(),
             namespace,
             stream_replicas: 1,
             data_dir,
@@ -165,6 +170,7 @@ impl Platform {
         .map_err(start("order service"))?;
         let nats = tillstream_runtime::nats::NatsConfig {
             nats_url: config.nats_url.clone(),
+            credentials: config.nats_credentials.clone(),
             namespace: config.namespace.clone(),
             stream_replicas: config.stream_replicas,
         };

@@ -7,8 +7,24 @@ use std::process::Command;
 use support::TestPlatform;
 use tillstream_testkit::{nats_url, postgres_url};
 
-fn tillstream(platform: &TestPlatform, args: &[&str], prefix: &str) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_tillstream"))
+/// Runs `command`: whether it succeeded, and what it printed (stdout, then stderr).
+fn run(command: &mut Command) -> (bool, String) {
+    let output = command
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("the binary runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tillstream"))
+}
+
+/// `tillstream <args>` on the databases `<prefix>_*` and the stream namespace `namespace`.
+fn in_namespace(namespace: &str, args: &[&str], prefix: &str) -> (bool, String) {
+    run(binary()
         .args(args)
         .args([
             "--postgres-url",
@@ -17,13 +33,11 @@ fn tillstream(platform: &TestPlatform, args: &[&str], prefix: &str) -> (bool, St
             prefix,
         ])
         .env("TILLSTREAM_NATS_URL", nats_url())
-        .env("TILLSTREAM_NAMESPACE", platform.env.namespace.prefix())
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("the binary runs");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+        .env("TILLSTREAM_NAMESPACE", namespace))
+}
+
+fn tillstream(platform: &TestPlatform, args: &[&str], prefix: &str) -> (bool, String) {
+    in_namespace(platform.env.namespace.prefix(), args, prefix)
 }
 
 #[tokio::test]
@@ -123,4 +137,54 @@ async fn projections_rebuild_swaps_in_a_fresh_copy_under_a_running_platform() {
         "{text}"
     );
     platform.stop().await;
+}
+
+#[test]
+fn help_names_every_setting_and_a_settings_file_is_read() {
+    let run = |args: &[&str]| run(binary().args(args).env_remove("TILLSTREAM_NATS_URL"));
+    let (ok, help) = run(&["--help"]);
+    assert!(ok && help.contains("docs/configuration.md"), "{help}");
+    let (ok, help) = run(&["up", "--help"]);
+    assert!(
+        ok && help.contains("TILLSTREAM_NATS_USER") && help.contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "{help}"
+    );
+
+    // A settings file supplies what neither a flag nor the environment sets.
+    let file = std::env::temp_dir().join(format!("tillstream-{}.env", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &file,
+        "# a settings file\nTILLSTREAM_NATS_URL=nats://127.0.0.1:9\n",
+    )
+    .expect("settings file");
+    let (ok, text) = run(&[
+        "doctor",
+        "--config-file",
+        file.to_str().expect("UTF-8 path"),
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!ok && text.contains("nats://127.0.0.1:9"), "{text}");
+    let (ok, text) = run(&["doctor", "--config-file", "/nonexistent/settings.env"]);
+    assert!(
+        !ok && text.contains("cannot read the settings file"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn setup_prepares_everything_doctor_checks_and_can_run_again() {
+    let env = tillstream_testkit::TestEnv::new();
+    for db in ["users", "orders", "reads"] {
+        env.database_url(db); // dropped by cleanup
+    }
+    let run = |command: &str| in_namespace(env.namespace.prefix(), &[command], &env.id);
+    let (healthy, text) = run("doctor");
+    assert!(!healthy && text.contains("tillstream setup"), "{text}");
+    for _ in 0..2 {
+        let (done, text) = run("setup");
+        assert!(done && text.contains("consumer"), "{text}");
+    }
+    let (healthy, text) = run("doctor");
+    assert!(healthy, "{text}");
+    env.cleanup().await;
 }

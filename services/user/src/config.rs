@@ -87,3 +87,29 @@ impl Config {
         }
     }
 }
+
+// The command line of `tillstream-user`: its settings and the logging and tracing flags every binary
+// takes. The doc comment below is its `--help` text.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tillstream-user",
+    version,
+    about = "tillstream user command service (gRPC)"
+)]
+/// The user command service: registers users, changes roles and profiles, deactivates
+/// accounts and issues access tokens (Login), over gRPC (`tillstream.user.v1`, with
+/// `grpc.health.v1` and reflection). Every change is an event in its Postgres event store;
+/// run a `tillstream-relay` on the same database to publish them. On first start it
+/// generates the token key pair into `<data-dir>/keys/` and, with --admin-email, the first
+/// admin. Serves /healthz, /readyz and /metrics on --ops-addr.
+///
+/// Every flag can also be set by the environment variable shown with it; all settings of
+/// every binary are listed in docs/configuration.md.
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(flatten)]
+    pub telemetry: tillstream_runtime::telemetry::TelemetryConfig,
+    #[command(flatten)]
+    pub file: tillstream_runtime::config_file::ConfigFile,
+}

@@ -17,4 +17,4 @@ pub mod domain;
 pub mod grpc;
 
 pub use app::App;
-pub use config::Config;
+pub use config::{Cli, Config};

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use tillstream_events::Namespace;
 use tillstream_runtime::event_store::{self, missing_migrations};
-use tillstream_runtime::nats::stream_configs;
+use tillstream_runtime::nats::{self, stream_configs};
 use tillstream_runtime::postgres;
 
 use super::DatabaseArgs;
@@ -18,19 +18,37 @@ const MAX_SKEW: Duration = Duration::from_secs(2);
 pub struct DoctorArgs {
     #[command(flatten)]
     db: DatabaseArgs,
-    #[arg(
-        long,
-        env = "TILLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    nats_url: String,
-    #[arg(long, env = "TILLSTREAM_NAMESPACE", default_value = "")]
-    namespace: String,
+    #[command(flatten)]
+    nats: nats::NatsConfig,
 }
 
 /// A database suffix, the schemas it must hold, and what to do when it does not.
-type DatabaseCheck = (&'static str, Vec<(&'static str, Migrator)>, &'static str);
+pub(super) type DatabaseCheck = (&'static str, Vec<(&'static str, Migrator)>, &'static str);
+
+/// Every database of an installation and the schemas (migrations) it holds: what doctor
+/// checks and setup applies.
+pub(super) fn schemas() -> [DatabaseCheck; 3] {
+    [
+        (
+            "users",
+            vec![
+                ("event store", event_store::migrator()),
+                ("user service", tillstream_user::app::migrator()),
+            ],
+            "start the user service once, or run `tillstream setup`",
+        ),
+        (
+            "orders",
+            vec![("event store", event_store::migrator())],
+            "start the order service once, or run `tillstream setup`",
+        ),
+        (
+            "reads",
+            vec![("read models", tillstream_projections::migrator())],
+            "start the projector or the gateway once, or run `tillstream setup`",
+        ),
+    ]
+}
 
 #[derive(Default)]
 struct Report {
@@ -85,26 +103,7 @@ async fn check_postgres(args: &DoctorArgs, report: &mut Report) {
         report.ok(format!("clocks agree with Postgres (within {skew_text})"));
     }
 
-    let databases: [DatabaseCheck; 3] = [
-        (
-            "users",
-            vec![
-                ("event store", event_store::migrator()),
-                ("user service", tillstream_user::app::migrator()),
-            ],
-            "start the user service once",
-        ),
-        (
-            "orders",
-            vec![("event store", event_store::migrator())],
-            "start the order service once",
-        ),
-        (
-            "reads",
-            vec![("read models", tillstream_projections::migrator())],
-            "start the projector or the gateway once",
-        ),
-    ];
+    let databases = schemas();
     for (suffix, migrators, remedy) in databases {
         let name = format!("{}_{suffix}", args.db.database_prefix);
         let Ok(url) = postgres::with_database(&args.db.postgres_url, &name) else {
@@ -133,29 +132,30 @@ async fn check_postgres(args: &DoctorArgs, report: &mut Report) {
 }
 
 async fn check_nats(args: &DoctorArgs, report: &mut Report) {
-    let client =
-        match tokio::time::timeout(Duration::from_secs(5), async_nats::connect(&args.nats_url))
-            .await
+    let shown = nats::redact(&args.nats.nats_url);
+    let connecting = args.nats.connect("tillstream-doctor", true);
+    let client = match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(nats::NatsError::Connect { source, .. }))
+            if matches!(
+                source.kind(),
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Authentication
+            ) =>
         {
-            Ok(Ok(client)) => client,
-            Ok(Err(error)) => {
-                return report.fail(format!(
-                    "NATS does not answer at {}: {error}",
-                    args.nats_url
-                ));
-            }
-            Err(_) => {
-                return report.fail(format!(
-                    "NATS at {} did not answer within 5 s",
-                    args.nats_url
-                ));
-            }
-        };
+            return report.fail(format!(
+                "NATS at {shown} refused the login: check TILLSTREAM_NATS_USER and TILLSTREAM_NATS_PASSWORD (or the token, .creds or NKey seed file) against the server's users (nats/accounts.conf)"
+            ));
+        }
+        Ok(Err(error)) => {
+            return report.fail(format!("NATS does not answer at {shown}: {error}"));
+        }
+        Err(_) => {
+            return report.fail(format!("NATS at {shown} did not answer within 5 s"));
+        }
+    };
     let info = client.server_info();
-    report.ok(format!(
-        "NATS {} answers at {}",
-        info.version, args.nats_url
-    ));
+    report.ok(format!("NATS {} answers at {shown}", info.version));
     // The account-info request answers only where JetStream is enabled.
     let account = client.request("$JS.API.INFO", "".into()).await;
     let enabled = account
@@ -169,8 +169,8 @@ async fn check_nats(args: &DoctorArgs, report: &mut Report) {
     }
     report.ok("JetStream is enabled");
     let js = async_nats::jetstream::new(client);
-    let Ok(namespace) = Namespace::new(args.namespace.clone()) else {
-        return report.fail(format!("namespace `{}` is not valid", args.namespace));
+    let Ok(namespace) = Namespace::new(args.nats.namespace.clone()) else {
+        return report.fail(format!("namespace `{}` is not valid", args.nats.namespace));
     };
     let Ok(configs) = stream_configs(&namespace, 1) else {
         return report.fail("nats/streams.json does not parse");
@@ -188,7 +188,7 @@ async fn check_nats(args: &DoctorArgs, report: &mut Report) {
                 )),
             },
             Err(_) => report.fail(format!(
-                "stream {} does not exist: start a relay or the projector once (they create it)",
+                "stream {} does not exist: start a relay or the projector once (they create it), or run `tillstream setup`",
                 config.name
             )),
         }

@@ -1,8 +1,8 @@
 //! `tillstream events tail`.
 
+use crate::tail::{self, Start};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tillstream::tail::{self, Start};
 use tillstream_events::Namespace;
 use tillstream_runtime::nats;
 
@@ -26,15 +26,8 @@ pub struct TailArgs {
     /// Print whole envelopes as JSON lines.
     #[arg(long)]
     json: bool,
-    #[arg(
-        long,
-        env = "TILLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    nats_url: String,
-    #[arg(long, env = "TILLSTREAM_NAMESPACE", default_value = "")]
-    namespace: String,
+    #[command(flatten)]
+    nats: nats::NatsConfig,
 }
 
 pub async fn run(command: EventsCommand) -> anyhow::Result<()> {
@@ -44,8 +37,8 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<()> {
         (false, Some(time)) => Start::Since(time),
         (false, None) => Start::New,
     };
-    let client = nats::connect(&args.nats_url, "tillstream-tail", true).await?;
-    let namespace = Namespace::new(args.namespace)?;
+    let client = args.nats.connect("tillstream-tail", true).await?;
+    let namespace = Namespace::new(args.nats.namespace)?;
     let events = tail::follow(client, &namespace, args.subject, start).await?;
     let mut events = std::pin::pin!(events);
     loop {

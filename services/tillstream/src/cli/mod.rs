@@ -4,13 +4,26 @@ mod doctor;
 mod events;
 mod projections;
 mod replay;
+mod setup;
 mod token;
 mod up;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use tillstream_runtime::telemetry::TelemetryConfig;
 
+/// tillstream runs an event-sourced commerce backend: users and orders changed by gRPC
+/// commands, every change an event in Postgres, published to NATS JetStream, projected into
+/// read models that a GraphQL gateway serves.
+///
+/// `tillstream up` runs every part in one process; the separate binaries
+/// (tillstream-user, -order, -relay, -projector, -gateway) run the same code one part per
+/// process. The other subcommands operate an installation: audit an aggregate's history,
+/// follow the event stream, check the installation, re-drive dead letters, sign tokens.
+///
+/// Every flag can also be set by the environment variable shown with it; all settings of
+/// every binary are listed in docs/configuration.md.
 #[derive(Parser)]
 #[command(
     name = "tillstream",
@@ -20,6 +33,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    telemetry: TelemetryConfig,
+    #[command(flatten)]
+    file: tillstream_runtime::config_file::ConfigFile,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +51,9 @@ enum Command {
     Events(events::EventsCommand),
     /// Check connectivity, versions, schemas, streams and clocks; say what is wrong.
     Doctor(doctor::DoctorArgs),
+    /// Create the databases, apply every migration, create the streams and consumers, and
+    /// exit: a deployment's one-shot set-up step (idempotent).
+    Setup(setup::SetupArgs),
     /// Operate the read-model projections.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
@@ -43,6 +63,11 @@ enum Command {
 }
 
 impl Cli {
+    /// How to log and whether to export traces.
+    pub fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
     /// Whether this runs services (and logs at info) rather than a one-off command.
     pub fn is_server(&self) -> bool {
         matches!(self.command, Command::Up(_))
@@ -54,6 +79,7 @@ impl Cli {
             Command::Replay(args) => replay::run(args).await,
             Command::Events(command) => events::run(command).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Setup(args) => setup::run(args).await,
             Command::Projections(command) => projections::run(command).await,
             Command::Token(args) => token::run(args),
         }

@@ -49,15 +49,8 @@ pub enum DeadLettersCommand {
 pub struct Target {
     #[command(flatten)]
     db: DatabaseArgs,
-    #[arg(
-        long,
-        env = "TILLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    nats_url: String,
-    #[arg(long, env = "TILLSTREAM_NAMESPACE", default_value = "")]
-    namespace: String,
+    #[command(flatten)]
+    nats: nats::NatsConfig,
 }
 
 impl Target {
@@ -107,12 +100,12 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
         }
         DeadLettersCommand::Redrive { id, target } => {
             let pool = target.pool().await?;
-            let client = nats::connect(&target.nats_url, "tillstream-redrive", false).await?;
+            let client = target.nats.connect("tillstream-redrive", false).await?;
             let projector = Projector::new(
                 pool.clone(),
                 client,
-                Namespace::new(target.namespace.clone())?,
-                1,
+                Namespace::new(target.nats.namespace.clone())?,
+                target.nats.stream_replicas,
             );
             let report = dead_letters::redrive(&projector, &pool, id).await?;
             println!(
@@ -126,8 +119,8 @@ pub async fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
 
 async fn run_rebuild(name: &str, allow_unapplied: bool, target: &Target) -> anyhow::Result<()> {
     let pool = target.pool().await?;
-    let client = nats::connect(&target.nats_url, "tillstream-rebuild", false).await?;
-    let namespace = Namespace::new(target.namespace.clone())?;
+    let client = target.nats.connect("tillstream-rebuild", false).await?;
+    let namespace = Namespace::new(target.nats.namespace.clone())?;
     let bar = Bar::new();
     let report = rebuild::rebuild(&pool, client, &namespace, name, allow_unapplied, &bar).await;
     bar.bar.finish_and_clear();

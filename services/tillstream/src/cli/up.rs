@@ -2,8 +2,9 @@
 
 use std::net::SocketAddr;
 
+use crate::{Platform, PlatformConfig, demo};
 use anyhow::Context;
-use tillstream::{Platform, PlatformConfig, demo};
+use tillstream_runtime::nats::NatsConfig;
 use tillstream_runtime::tls::DevCertificates;
 
 use super::{DataDirArgs, DatabaseArgs};
@@ -12,20 +13,8 @@ use super::{DataDirArgs, DatabaseArgs};
 pub struct UpArgs {
     #[command(flatten)]
     db: DatabaseArgs,
-    /// NATS server with JetStream.
-    #[arg(
-        long,
-        env = "TILLSTREAM_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    nats_url: String,
-    /// Prefix of every stream and subject (empty: the public names).
-    #[arg(long, env = "TILLSTREAM_NAMESPACE", default_value = "")]
-    namespace: String,
-    /// Replicas of each stream (1 on one machine, 3 in a cluster).
-    #[arg(long, env = "TILLSTREAM_STREAM_REPLICAS", default_value_t = 1)]
-    stream_replicas: usize,
+    #[command(flatten)]
+    nats: NatsConfig,
     /// Folder for generated development keys and the demo credentials.
     #[command(flatten)]
     data: DataDirArgs,
@@ -88,9 +77,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let config = PlatformConfig {
         postgres_url: args.db.postgres_url,
         database_prefix: args.db.database_prefix,
-        nats_url: args.nats_url,
-        namespace: args.namespace,
-        stream_replicas: args.stream_replicas,
+        nats_url: args.nats.nats_url,
+        nats_credentials: args.nats.credentials,
+        namespace: args.nats.namespace,
+        stream_replicas: args.nats.stream_replicas,
         data_dir: args.data.data_dir.clone(),
         user_grpc_addr: args.user_grpc_addr,
         order_grpc_addr: args.order_grpc_addr,
