@@ -87,13 +87,13 @@ pub struct LoadForecast {
     pub at: DateTime<Utc>,
     /// How far ahead the forecast looks, in seconds.
     pub horizon_secs: u64,
-    /// Request rate (requests/s) measured in the last window.
+    /// Request rate (requests/s) measured over the last minute.
     pub measured_rate: f64,
-    /// CPU (percent of one core, mean per instance) measured in the last window.
+    /// CPU (percent of one core, mean per instance) measured over the last minute.
     pub measured_cpu_percent: Option<f64>,
-    /// Forecast request rate at the horizon.
+    /// Forecast request rate (one-minute mean) at the horizon.
     pub forecast_rate: f64,
-    /// Forecast CPU at the horizon, when CPU samples arrive.
+    /// Forecast CPU (one-minute mean) at the horizon, when CPU samples arrive.
     pub forecast_cpu_percent: Option<f64>,
     /// Mean absolute percentage error (0.1 = 10%) of recent rate forecasts, on windows the
     /// model had not seen when it forecast them.
