@@ -16,6 +16,7 @@
 //! metrics compressed into milliseconds.
 
 pub mod app;
+pub mod backtest;
 pub mod clock;
 pub mod config;
 pub mod ingest;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod outputs;
 pub mod predictor;
 pub mod rule;
+pub mod trace;
 pub mod window;
 
 pub use app::App;

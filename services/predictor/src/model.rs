@@ -1,5 +1,10 @@
 //! The forecasting model: an ordinary least-squares regression (linfa-linear) of a series'
-//! value one horizon ahead on its recent values and the time of day.
+//! one-minute mean one horizon ahead on its recent values and the time of day.
+//!
+//! The target is the mean of the minute that ends one horizon after the last window (the
+//! rate a dashboard shows, not one 10-second window's count, which is mostly counting
+//! noise at ordinary rates); the naive forecast it is compared with is likewise the last
+//! measured one-minute mean.
 //!
 //! Features of window `t`, predicting window `t + h` (h = horizon / window width):
 //! the last value; the means of the last 1, 5 and 15 minutes (level and trend, which the
@@ -57,6 +62,11 @@ impl FeatureLayout {
         }
     }
 
+    /// Windows averaged into one target (and into the naive forecast): one minute.
+    pub fn target_span(&self) -> usize {
+        self.short
+    }
+
     /// Windows of history a forecast needs.
     pub fn lookback(&self) -> usize {
         self.long.max(self.medium).max(self.short)
@@ -108,7 +118,7 @@ struct Fitted {
 }
 
 /// One series' regression. Without a fit (too little history) it forecasts the last
-/// value, so it is never worse than having no model.
+/// minute's mean, the naive forecast.
 pub struct Forecaster {
     layout: FeatureLayout,
     fitted: Option<Fitted>,
@@ -116,8 +126,9 @@ pub struct Forecaster {
     ridge: f64,
 }
 
-/// Fewest training rows for a fit.
-pub const MIN_TRAINING_ROWS: usize = 30;
+/// Fewest training rows for a fit: an hour of windows, so that a young history of noise
+/// is not fitted (and extrapolated) as if it were signal.
+pub const MIN_TRAINING_ROWS: usize = 360;
 
 impl Forecaster {
     pub fn new(layout: FeatureLayout) -> Self {
@@ -141,6 +152,8 @@ impl Forecaster {
     /// one fails. Returns the number of training rows.
     pub fn fit(&mut self, values: &[f64], first_start: DateTime<Utc>) -> Result<usize, ModelError> {
         let (lookback, horizon) = (self.layout.lookback(), self.layout.horizon);
+        // Rows need `lookback` windows of features and a target minute ending `horizon`
+        // windows later (horizon ≥ the target span, so the target is all in the future).
         let rows = values.len().saturating_sub(lookback - 1 + horizon);
         if rows < MIN_TRAINING_ROWS {
             return Err(ModelError::TooLittleHistory {
@@ -155,7 +168,9 @@ impl Forecaster {
         for t in (lookback - 1)..(lookback - 1 + rows) {
             let target_start = first_start + width * (t + horizon) as i32;
             raw.push(self.layout.row(values, &prefix, t, target_start));
-            targets.push(values[t + horizon]);
+            let end = t + horizon + 1;
+            targets
+                .push((prefix[end] - prefix[end - self.layout.short]) / self.layout.short as f64);
         }
         let mut mean = [0.0; FEATURES];
         let mut scale = [0.0; FEATURES];
@@ -188,16 +203,18 @@ impl Forecaster {
         Ok(rows)
     }
 
-    /// The forecast for one horizon after the last window of `values` (which started at
+    /// The forecast of the one-minute mean ending one horizon after the last window of `values` (which started at
     /// `last_start`), never negative. None without enough history for the features.
     pub fn forecast(&self, values: &[f64], last_start: DateTime<Utc>) -> Option<f64> {
-        let last = *values.last()?;
+        values.last()?;
+        let recent = &values[values.len().saturating_sub(self.layout.short)..];
+        let naive = recent.iter().sum::<f64>() / recent.len() as f64;
         let Some(fitted) = &self.fitted else {
-            return Some(last);
+            return Some(naive);
         };
         let lookback = self.layout.lookback();
         if values.len() < lookback {
-            return Some(last);
+            return Some(naive);
         }
         let tail = &values[values.len() - lookback..];
         let prefix = prefix_sums(tail);
@@ -317,12 +334,13 @@ mod tests {
     fn learns_to_extrapolate_a_ramp() {
         let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
         let values: Vec<f64> = (0..600).map(|i| 10.0 + 0.1 * f64::from(i)).collect();
+        // Target: the mean of windows 624..=629.
         let mut f = Forecaster::new(layout());
         assert!(f.forecast(&values, start).is_some());
         f.fit(&values, start).unwrap();
         let last_start = start + chrono::Duration::seconds(10 * 599);
         let forecast = f.forecast(&values, last_start).unwrap();
-        let truth = 10.0 + 0.1 * 629.0;
+        let truth = 10.0 + 0.1 * 626.5;
         assert!(
             (forecast - truth).abs() < 0.5,
             "forecast {forecast}, truth {truth}"
@@ -332,7 +350,7 @@ mod tests {
     #[test]
     fn flat_history_fits_without_error() {
         let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
-        let values = vec![42.0; 300];
+        let values = vec![42.0; 600];
         let mut f = Forecaster::new(layout());
         f.fit(&values, start).unwrap();
         let forecast = f.forecast(&values, start).unwrap();
@@ -344,10 +362,10 @@ mod tests {
         let start = Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap();
         let mut f = Forecaster::new(layout());
         assert!(matches!(
-            f.fit(&[1.0; 50], start),
+            f.fit(&[1.0; 300], start),
             Err(ModelError::TooLittleHistory { .. })
         ));
-        assert_eq!(f.forecast(&[1.0, 2.0], start), Some(2.0));
+        assert_eq!(f.forecast(&[1.0, 2.0], start), Some(1.5));
     }
 
     #[test]

@@ -96,13 +96,20 @@ impl ServiceModel {
         cpu_now: Option<f64>,
         last_start: DateTime<Utc>,
     ) -> Option<Step> {
-        let measured_rate = *rates.last()?;
+        rates.last()?;
+        let span = self.rate.layout().target_span();
+        let minute = |values: &[f64]| -> Option<f64> {
+            let tail = &values[values.len().saturating_sub(span)..];
+            (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64)
+        };
+        let measured_rate = minute(rates)?;
+        let measured_cpu = minute(cpus);
         let width = chrono::Duration::from_std(self.width).unwrap_or_default();
         let index = last_start.timestamp_millis() / width.num_milliseconds().max(1);
         let at = last_start + width;
 
         self.rate_error.actual(index, measured_rate);
-        if let Some(cpu) = cpu_now {
+        if let (Some(_), Some(cpu)) = (cpu_now, measured_cpu) {
             self.cpu_error.actual(index, cpu);
         }
 
@@ -132,13 +139,14 @@ impl ServiceModel {
         self.rate_error
             .forecast(index + horizon, forecast_rate, measured_rate);
         let forecast_cpu = self.cpu.forecast(cpus, last_start);
-        if let (Some(forecast), Some(&last)) = (forecast_cpu, cpus.last()) {
-            self.cpu_error.forecast(index + horizon, forecast, last);
+        if let (Some(forecast), Some(naive)) = (forecast_cpu, measured_cpu) {
+            self.cpu_error.forecast(index + horizon, forecast, naive);
         }
-        let confidence = self
-            .cpu_error
-            .mape()
-            .map_or(0.0, |m| (1.0 - m).clamp(0.0, 1.0));
+        // No trust in a forecast that is only the naive one (no fit yet).
+        let confidence = match self.cpu_error.mape() {
+            Some(mape) if self.cpu.is_fitted() => (1.0 - mape).clamp(0.0, 1.0),
+            _ => 0.0,
+        };
 
         let decision = self.rule.observe(
             service,
@@ -156,7 +164,7 @@ impl ServiceModel {
                 at,
                 horizon_secs: self.rate.layout().horizon_duration().as_secs(),
                 measured_rate,
-                measured_cpu_percent: cpu_now,
+                measured_cpu_percent: measured_cpu,
                 forecast_rate,
                 forecast_cpu_percent: forecast_cpu,
                 rate_mape: self.rate_error.mape(),
