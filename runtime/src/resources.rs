@@ -45,9 +45,23 @@ fn instance() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Starts a task that publishes a [`ResourceSample`] for `service` every `every` until
-/// `shutdown` fires. Does nothing where `/proc/self/stat` cannot be read.
+/// How often a process reports.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Starts a task that publishes a [`ResourceSample`] for `service` every
+/// [`SAMPLE_EVERY`] until `shutdown` fires. Does nothing where `/proc/self/stat` cannot
+/// be read. Every service's `App::run` calls this once.
 pub fn report(
+    client: async_nats::Client,
+    namespace: &Namespace,
+    service: &str,
+    shutdown: Shutdown,
+) {
+    report_every(client, namespace, service, SAMPLE_EVERY, shutdown);
+}
+
+/// [`report`] at another interval.
+pub fn report_every(
     client: async_nats::Client,
     namespace: &Namespace,
     service: &str,

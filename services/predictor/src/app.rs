@@ -71,7 +71,6 @@ impl App {
             self.client.clone(),
             &self.namespace,
             "predictor",
-            Duration::from_secs(self.config.resource_sample_secs),
             shutdown.clone(),
         );
         let ops_server = ops::serve(self.ops, ops::router(self.readiness), shutdown.clone());

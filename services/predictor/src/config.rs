@@ -15,7 +15,7 @@ pub struct Config {
     #[arg(
         long = "ops-addr",
         env = "TILLSTREAM_PREDICTOR_OPS_ADDR",
-        default_value = "127.0.0.1:9107"
+        default_value = "127.0.0.1:9106"
     )]
     pub ops_addr: SocketAddr,
     /// Name of the durable consumer on the METRICS stream.
@@ -105,9 +105,6 @@ pub struct Config {
     /// How often windows are closed and models stepped, in milliseconds.
     #[arg(long, env = "TILLSTREAM_PREDICTOR_TICK_MS", default_value_t = 1000)]
     pub tick_ms: u64,
-    /// How often this process reports its own CPU and memory, in seconds.
-    #[arg(long, env = "TILLSTREAM_RESOURCE_SAMPLE_SECS", default_value_t = 5)]
-    pub resource_sample_secs: u64,
 }
 
 impl Config {

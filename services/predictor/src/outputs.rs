@@ -50,7 +50,7 @@ impl Outputs {
             metrics::gauge!("tillstream_predictor_forecast_cpu_percent", "service" => service.clone())
                 .set(cpu);
         }
-        metrics::gauge!("tillstream_predictor_desired_replicas", "service" => service.clone())
+        metrics::gauge!("tillstream_desired_replicas", "service" => service.clone())
             .set(f64::from(forecast.desired_replicas));
         for (series, mape) in [("rate", forecast.rate_mape), ("cpu", forecast.cpu_mape)] {
             if let Some(mape) = mape {
@@ -77,7 +77,7 @@ impl Outputs {
         metrics::counter!("tillstream_predictor_decisions_total",
             "service" => decision.service.clone(), "direction" => direction)
         .increment(1);
-        metrics::gauge!("tillstream_predictor_desired_replicas", "service" => decision.service.clone())
+        metrics::gauge!("tillstream_desired_replicas", "service" => decision.service.clone())
             .set(f64::from(decision.to_replicas));
         self.publish(&self.decisions_subject, decision, true).await;
         if let Some((client, url)) = &self.webhook {

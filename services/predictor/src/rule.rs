@@ -175,7 +175,7 @@ impl ScalingRule {
             } else if self.forecast_high_streak >= c.confirmations {
                 o.forecast_cpu.map(|f| {
                     format!(
-                        "forecast cpu {f:.0}% > {:.0}% within the horizon",
+                        "forecast cpu {f:.1}% > {:.0}% within the horizon",
                         c.cpu_high
                     )
                 })
@@ -318,7 +318,7 @@ mod tests {
         });
         assert_eq!(decisions.len(), 1);
         assert_eq!(decisions[0].0, 7, "third confirming window");
-        assert!(decisions[0].1.reason.starts_with("forecast cpu 75%"));
+        assert!(decisions[0].1.reason.starts_with("forecast cpu 75.0%"));
 
         let mut distrusted = ScalingRule::new(RuleConfig::default());
         let decisions: Vec<_> = (0..10)

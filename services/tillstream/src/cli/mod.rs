@@ -2,6 +2,7 @@
 
 mod doctor;
 mod events;
+mod predictor;
 mod projections;
 mod replay;
 mod token;
@@ -37,6 +38,10 @@ enum Command {
     /// Operate the read-model projections.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
+    /// The predictor's offline tools: backtest over load traces, trace generator, ingest
+    /// benchmark.
+    #[command(subcommand)]
+    Predictor(predictor::PredictorCommand),
     /// Sign an access token with the installation's private key (for service-to-service
     /// calls and operators; the key is in `<data-dir>/keys/`).
     Token(token::TokenArgs),
@@ -56,6 +61,7 @@ impl Cli {
             Command::Doctor(args) => doctor::run(args).await,
             Command::Projections(command) => projections::run(command).await,
             Command::Token(args) => token::run(args),
+            Command::Predictor(command) => predictor::run(command),
         }
     }
 }
