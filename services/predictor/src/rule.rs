@@ -1,8 +1,8 @@
 //! The scaling rule: when to ask for more replicas, and when for fewer.
 //!
-//! - **Scale out (measured)**: the median CPU of the windows of the last `sustain`
-//!   (5 min) is above `cpu_high` (70%), with the whole period observed: the origin's
-//!   "CPU > 70% for 5 minutes" (the median, so one spike does not decide).
+//! - **Scale out (measured)**: at least 90% of the windows of the last `sustain` (5 min)
+//!   had CPU above `cpu_high` (70%), with the whole period observed: the origin's "CPU >
+//!   70% for 5 minutes", tolerating a few noisy windows (its 10th percentile is above).
 //! - **Scale out (forecast)**: the forecast CPU one horizon ahead is above `cpu_high` in
 //!   `confirmations` consecutive windows while the model's confidence (1 − recent MAPE) is
 //!   at least `min_confidence`: the threshold will be crossed within the horizon.
@@ -111,7 +111,9 @@ impl ScalingRule {
         self.replicas
     }
 
-    fn sustained_median(&self, at: DateTime<Utc>) -> Option<f64> {
+    /// The 10th percentile of the CPU windows of the last `sustain`, once that much has
+    /// been observed: above the threshold means 90% of the windows were.
+    fn sustained_low_percentile(&self, at: DateTime<Utc>) -> Option<f64> {
         let first = self.first_seen?;
         if elapsed(first, at) < self.config.sustain {
             return None;
@@ -126,7 +128,7 @@ impl ScalingRule {
             return None;
         }
         values.sort_by(f64::total_cmp);
-        Some(values[values.len() / 2])
+        Some(values[values.len() / 10])
     }
 
     /// Feeds one observation; returns a decision for `service` when one is due.
@@ -165,10 +167,12 @@ impl ScalingRule {
                 .last_out
                 .is_none_or(|t| elapsed(t, o.at) >= c.scale_out_cooldown);
         if out_allowed {
-            let measured = self.sustained_median(o.at).filter(|m| *m > c.cpu_high);
-            let reason = if let Some(median) = measured {
+            let measured = self
+                .sustained_low_percentile(o.at)
+                .filter(|m| *m > c.cpu_high);
+            let reason = if let Some(low) = measured {
                 Some(format!(
-                    "cpu {median:.0}% > {:.0}% for {}",
+                    "cpu {low:.0}% > {:.0}% for {}",
                     c.cpu_high,
                     minutes(c.sustain)
                 ))
