@@ -83,7 +83,7 @@ impl LatencyHistogram {
         }
         let msb = 63 - u64::from(value.leading_zeros());
         let shift = msb - 4;
-        ((u64::from(shift) + 1) * SUB_BUCKETS + ((value >> shift) - SUB_BUCKETS)) as usize
+        ((shift + 1) * SUB_BUCKETS + ((value >> shift) - SUB_BUCKETS)) as usize
     }
 
     /// The middle of bucket `index`.
