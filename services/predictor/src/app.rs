@@ -167,6 +167,9 @@ impl Worker {
 
     async fn tick(&mut self) {
         let steps = self.predictor.tick(self.clock.now());
+        if !steps.is_empty() {
+            publish_window_gauges(&self.predictor);
+        }
         let counters = self.predictor.counters();
         metrics::gauge!("tillstream_predictor_late_dropped").set(counters.late_dropped as f64);
         metrics::gauge!("tillstream_predictor_future_dropped").set(counters.future_dropped as f64);
@@ -175,6 +178,28 @@ impl Worker {
                 self.outputs.decision(decision).await;
             }
             self.outputs.forecast(&step.forecast).await;
+        }
+    }
+}
+
+/// The newest closed window of each service and of the total (`service="*"`) as gauges.
+fn publish_window_gauges(predictor: &Predictor) {
+    for (service, window) in predictor.windows().latest() {
+        let service = service.to_owned();
+        metrics::gauge!("tillstream_predictor_window_rate", "service" => service.clone())
+            .set(window.rate);
+        metrics::gauge!("tillstream_predictor_window_error_rate", "service" => service.clone())
+            .set(window.error_rate);
+        for (quantile, value) in [("0.5", window.p50_ms), ("0.95", window.p95_ms)] {
+            if let Some(ms) = value {
+                metrics::gauge!("tillstream_predictor_window_latency_ms",
+                    "service" => service.clone(), "quantile" => quantile)
+                .set(ms);
+            }
+        }
+        if let Some(cpu) = window.cpu_percent {
+            metrics::gauge!("tillstream_predictor_window_cpu_percent", "service" => service)
+                .set(cpu);
         }
     }
 }

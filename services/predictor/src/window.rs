@@ -317,6 +317,13 @@ impl Windows {
         self.series.get(service).map(|s| &s.closed)
     }
 
+    /// The newest closed window of every series, the total (`*`) included.
+    pub fn latest(&self) -> impl Iterator<Item = (&str, &WindowStats)> {
+        self.series
+            .iter()
+            .filter_map(|(name, series)| series.closed.back().map(|w| (name.as_str(), w)))
+    }
+
     /// Every series key except the total, sorted.
     pub fn services(&self) -> Vec<String> {
         let mut names: Vec<String> = self

@@ -52,6 +52,7 @@ async fn sustained_high_cpu_becomes_a_scale_out_decision_on_autoscale_decisions(
     ));
     let clock = ManualClock::starting_at(t0());
     let app = App::build_with_clock(config, Arc::new(clock.clone())).await?;
+    let ops = app.ops_addr();
     let shutdown = tillstream_runtime::Shutdown::new();
     let running = tokio::spawn(app.run(shutdown.clone()));
 
@@ -171,6 +172,18 @@ async fn sustained_high_cpu_becomes_a_scale_out_decision_on_autoscale_decisions(
     })
     .await;
     assert_eq!(hook.trim(), "order out 1 2");
+
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "tillstream_desired_replicas{service=\"order\"} 2",
+        "tillstream_predictor_window_rate{service=\"order\"} 2",
+        "tillstream_predictor_window_cpu_percent{service=\"*\"} 85",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 
     shutdown.cancel();
     running.await??;
