@@ -24,6 +24,8 @@ pub struct Machine {
     pub cores: usize,
     pub os: String,
     pub profile: &'static str,
+    /// `/proc/loadavg` when the run started: other work on the machine adds noise.
+    pub load_average: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -155,6 +157,9 @@ fn machine() -> Machine {
         } else {
             "release"
         },
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
     }
 }
 
