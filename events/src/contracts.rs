@@ -111,6 +111,11 @@ fn asyncapi(events: &[EventContract]) -> Value {
             "The predictor's scaling decisions (stream AUTOSCALE).",
             "autoscale/ScalingDecision.schema.json",
         ),
+        (
+            "autoscale.forecasts",
+            "The predictor's latest forecast per service, after every window (stream AUTOSCALE).",
+            "autoscale/LoadForecast.schema.json",
+        ),
     ] {
         channels.insert(
             channel.to_owned(),
@@ -167,6 +172,10 @@ pub fn files() -> Vec<(String, String)> {
         (
             "autoscale/ScalingDecision.schema.json",
             schema_for!(crate::ScalingDecision),
+        ),
+        (
+            "autoscale/LoadForecast.schema.json",
+            schema_for!(crate::LoadForecast),
         ),
     ] {
         files.push((

@@ -24,7 +24,7 @@ pub mod user;
 
 pub use envelope::{EventEnvelope, decode, wire_payload};
 pub use metadata::{Actor, EventMetadata, Role};
-pub use metrics::{RequestMetric, ResourceSample, ScalingDecision, ScalingDirection};
+pub use metrics::{LoadForecast, RequestMetric, ResourceSample, ScalingDecision, ScalingDirection};
 pub use order::{
     Address, OrderCancelled, OrderDelivered, OrderEvent, OrderLine, OrderPaid, OrderPlaced,
     OrderShipped, OrderStatus,

@@ -76,3 +76,32 @@ pub struct ScalingDecision {
     pub confidence: f64,
     pub at: DateTime<Utc>,
 }
+
+/// The predictor's latest forecast for one service, published after every window so that
+/// dashboards (and the gateway) can show what the predictor expects, not only what it
+/// decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoadForecast {
+    pub service: String,
+    /// End of the last window the forecast is based on.
+    pub at: DateTime<Utc>,
+    /// How far ahead the forecast looks, in seconds.
+    pub horizon_secs: u64,
+    /// Request rate (requests/s) measured over the last minute.
+    pub measured_rate: f64,
+    /// CPU (percent of one core, mean per instance) measured over the last minute.
+    pub measured_cpu_percent: Option<f64>,
+    /// Forecast request rate (one-minute mean) at the horizon.
+    pub forecast_rate: f64,
+    /// Forecast CPU (one-minute mean) at the horizon, when CPU samples arrive.
+    pub forecast_cpu_percent: Option<f64>,
+    /// Mean absolute percentage error (0.1 = 10%) of recent rate forecasts, on windows the
+    /// model had not seen when it forecast them.
+    pub rate_mape: Option<f64>,
+    /// The same for CPU.
+    pub cpu_mape: Option<f64>,
+    /// 0..1: 1 − CPU MAPE, clamped; 0 until forecasts have been scored.
+    pub confidence: f64,
+    /// Replicas the predictor currently wants.
+    pub desired_replicas: u32,
+}

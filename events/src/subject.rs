@@ -93,6 +93,11 @@ impl Namespace {
         self.subject("autoscale.decisions")
     }
 
+    /// `autoscale.forecasts`: the predictor's latest [`crate::LoadForecast`] per service.
+    pub fn autoscale_forecasts_subject(&self) -> String {
+        self.subject("autoscale.forecasts")
+    }
+
     /// The name of a durable consumer, unique per namespace.
     pub fn consumer(&self, name: &str) -> String {
         if self.prefix.is_empty() {

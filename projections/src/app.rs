@@ -7,13 +7,15 @@ use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::nats::NatsReady;
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::postgres::{self, PostgresReady};
-use tillstream_runtime::{Shutdown, StartError};
+use tillstream_runtime::{Shutdown, StartError, resources};
 use tokio::net::TcpListener;
 
 use crate::{Config, Projector};
 
 pub struct App {
     projector: Projector,
+    nats: async_nats::Client,
+    namespace: Namespace,
     ops: TcpListener,
     readiness: Readiness,
 }
@@ -42,13 +44,11 @@ impl App {
                 pool: pool.clone(),
             })
             .with(NatsReady(client.clone()));
+        let namespace = Namespace::new(config.nats.namespace)?;
         Ok(App {
-            projector: Projector::new(
-                pool,
-                client,
-                Namespace::new(config.nats.namespace)?,
-                config.nats.stream_replicas,
-            ),
+            nats: client.clone(),
+            namespace: namespace.clone(),
+            projector: Projector::new(pool, client, namespace, config.nats.stream_replicas),
             ops: grpc_host::bind(config.ops_addr).await?,
             readiness,
         })
@@ -61,6 +61,7 @@ impl App {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
+        resources::report(self.nats, &self.namespace, "projector", shutdown.clone());
         let ops_server = ops::serve(self.ops, ops::router(self.readiness), shutdown.clone());
         let (_, ops_result) = tokio::join!(self.projector.run(shutdown), ops_server);
         ops_result.map_err(HostError::Ops)

@@ -8,13 +8,15 @@ use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::nats::NatsReady;
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::postgres::{self, PostgresReady};
-use tillstream_runtime::{Shutdown, StartError};
+use tillstream_runtime::{Shutdown, StartError, resources};
 use tokio::net::TcpListener;
 
 use crate::{Config, Relay};
 
 pub struct App {
     relay: Relay,
+    nats: async_nats::Client,
+    namespace: Namespace,
     ops: TcpListener,
     readiness: Readiness,
 }
@@ -35,6 +37,8 @@ impl App {
             })
             .with(NatsReady(client.clone()));
         Ok(App {
+            nats: client.clone(),
+            namespace: namespace.clone(),
             relay: Relay::new(
                 pool,
                 client,
@@ -55,6 +59,7 @@ impl App {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
+        resources::report(self.nats, &self.namespace, "relay", shutdown.clone());
         let ops_server = ops::serve(self.ops, ops::router(self.readiness), shutdown.clone());
         let (_, ops_result) = tokio::join!(self.relay.run(shutdown), ops_server);
         ops_result.map_err(HostError::Ops)

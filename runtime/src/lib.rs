@@ -16,6 +16,7 @@ pub mod grpc_host;
 pub mod nats;
 pub mod ops;
 pub mod postgres;
+pub mod resources;
 pub mod retry;
 pub mod secret_file;
 pub mod shutdown;

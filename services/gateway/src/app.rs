@@ -33,6 +33,8 @@ use crate::rest;
 use tillstream_events::Namespace;
 
 pub struct App {
+    nats: async_nats::Client,
+    namespace: Namespace,
     listener: TcpListener,
     router: Router,
     publisher: Publisher,
@@ -160,8 +162,9 @@ impl App {
         let client = config.nats.connect("tillstream-gateway", false).await?;
         let namespace = Namespace::new(config.nats.namespace)?;
         let subject = namespace.request_metrics_subject("gateway");
-        let events = OrderEvents::new(client.clone(), namespace);
-        let (metrics, publisher) = request_metrics::channel(client, subject, config.metrics_buffer);
+        let events = OrderEvents::new(client.clone(), namespace.clone());
+        let (metrics, publisher) =
+            request_metrics::channel(client.clone(), subject, config.metrics_buffer);
         let backends = Backends::connect(
             &config.user_grpc_url,
             &config.order_grpc_url,
@@ -174,6 +177,8 @@ impl App {
             config.limits.rate_limit_burst,
         );
         Ok(App {
+            nats: client,
+            namespace,
             publisher,
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
@@ -198,6 +203,12 @@ impl App {
     /// Serves until `shutdown`; then the request metrics still queued are published.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
         let publisher = tokio::spawn(self.publisher.run());
+        tillstream_runtime::resources::report(
+            self.nats,
+            &self.namespace,
+            "gateway",
+            shutdown.clone(),
+        );
         tokio::spawn(self.rate_limit.housekeeping(shutdown.clone()));
         // With the peer address, for the rate limit of anonymous callers.
         let served = axum::serve(

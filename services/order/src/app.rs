@@ -8,7 +8,7 @@ use tillstream_runtime::grpc_host::{GrpcHost, HostError, MAX_MESSAGE_BYTES};
 use tillstream_runtime::ops::Readiness;
 use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
-use tillstream_runtime::{Shutdown, StartError};
+use tillstream_runtime::{Shutdown, StartError, resources};
 
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ pub struct App {
     tls: Option<tillstream_runtime::tls::ServerTls>,
     service: OrderGrpc,
     readiness: Readiness,
+    nats: async_nats::Client,
+    namespace: tillstream_events::Namespace,
 }
 
 impl App {
@@ -46,6 +48,8 @@ impl App {
             reads,
         };
         Ok(App {
+            nats: config.nats.connect("tillstream-order", false).await?,
+            namespace: tillstream_events::Namespace::new(config.nats.namespace.clone())?,
             host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
             tls: config.tls(),
             service,
@@ -68,6 +72,7 @@ impl App {
 
     /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
+        resources::report(self.nats, &self.namespace, "order", shutdown.clone());
         let interceptor = self.service.gate.interceptor();
         let service = InterceptedService::new(
             OrderServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES),

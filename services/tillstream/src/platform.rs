@@ -24,8 +24,9 @@ pub struct PlatformConfig {
     pub user_grpc_addr: SocketAddr,
     pub order_grpc_addr: SocketAddr,
     pub gateway_http_addr: SocketAddr,
-    /// Ops endpoints of user, order, user relay, order relay and projector, in that order.
-    pub ops_addrs: [SocketAddr; 5],
+    /// Ops endpoints of user, order, user relay, order relay, projector and predictor, in
+    /// that order.
+    pub ops_addrs: [SocketAddr; 6],
     pub db_pool_size: u32,
     /// The first admin, created on first start (see the user service's `--admin-email`).
     pub admin_email: Option<String>,
@@ -69,7 +70,7 @@ impl PlatformConfig {
             user_grpc_addr: any,
             order_grpc_addr: any,
             gateway_http_addr: any,
-            ops_addrs: [any; 5],
+            ops_addrs: [any; 6],
             db_pool_size: 10,
             admin_email: None,
             admin_password: None,
@@ -118,7 +119,7 @@ pub struct Addresses {
     pub user_grpc: SocketAddr,
     pub order_grpc: SocketAddr,
     pub gateway_http: SocketAddr,
-    pub ops: [SocketAddr; 5],
+    pub ops: [SocketAddr; 6],
 }
 
 pub struct Platform {
@@ -128,6 +129,7 @@ pub struct Platform {
     order_relay: tillstream_relay::App,
     projector: tillstream_projections::App,
     gateway: tillstream_gateway::App,
+    predictor: tillstream_predictor::App,
 }
 
 impl Platform {
@@ -140,6 +142,12 @@ impl Platform {
                 .map_err(|e| start("configuration")(e.into()))
         };
         let (users_db, orders_db, reads_db) = (db("users")?, db("orders")?, db("reads")?);
+        let nats = tillstream_runtime::nats::NatsConfig {
+            nats_url: config.nats_url.clone(),
+            credentials: config.nats_credentials.clone(),
+            namespace: config.namespace.clone(),
+            stream_replicas: config.stream_replicas,
+        };
         // The user service first: it generates the signing keys the others verify with.
         let user = tillstream_user::App::build(tillstream_user::Config {
             database_url: users_db.clone(),
@@ -153,6 +161,7 @@ impl Platform {
             tls_cert: config.tls.as_ref().map(|t| t.cert.clone()),
             tls_key: config.tls.as_ref().map(|t| t.key.clone()),
             token_lifetime_secs: 3600,
+            nats: nats.clone(),
         })
         .await
         .map_err(start("user service"))?;
@@ -165,15 +174,10 @@ impl Platform {
             reads_database_url: reads_db.clone(),
             tls_cert: config.tls.as_ref().map(|t| t.cert.clone()),
             tls_key: config.tls.as_ref().map(|t| t.key.clone()),
+            nats: nats.clone(),
         })
         .await
         .map_err(start("order service"))?;
-        let nats = tillstream_runtime::nats::NatsConfig {
-            nats_url: config.nats_url.clone(),
-            credentials: config.nats_credentials.clone(),
-            namespace: config.namespace.clone(),
-            stream_replicas: config.stream_replicas,
-        };
         let relay = |database_url: String, ops_addr| tillstream_relay::Config {
             database_url,
             name: "jetstream".to_owned(),
@@ -210,6 +214,14 @@ impl Platform {
         })
         .await
         .map_err(start("gateway"))?;
+        let predictor_config = tillstream_predictor::Config {
+            ops_addr: config.ops_addrs[5],
+            ..tillstream_predictor::Config::with_defaults(nats.clone())
+                .map_err(|e| start("predictor")(StartError::Bootstrap(e.to_string())))?
+        };
+        let predictor = tillstream_predictor::App::build(predictor_config)
+            .await
+            .map_err(start("predictor"))?;
         Ok(Platform {
             user,
             order,
@@ -217,6 +229,7 @@ impl Platform {
             order_relay,
             projector,
             gateway,
+            predictor,
         })
     }
 
@@ -231,6 +244,7 @@ impl Platform {
                 self.user_relay.ops_addr(),
                 self.order_relay.ops_addr(),
                 self.projector.ops_addr(),
+                self.predictor.ops_addr(),
             ],
         }
     }
@@ -243,18 +257,20 @@ impl Platform {
                 PlatformError::Run { part, source }
             })
         };
-        let (user, order, user_relay, order_relay, projector, gateway) = tokio::join!(
+        let (user, order, user_relay, order_relay, projector, gateway, predictor) = tokio::join!(
             async { watch("user service", self.user.run(shutdown.clone()).await) },
             async { watch("order service", self.order.run(shutdown.clone()).await) },
             async { watch("user relay", self.user_relay.run(shutdown.clone()).await) },
             async { watch("order relay", self.order_relay.run(shutdown.clone()).await) },
             async { watch("projector", self.projector.run(shutdown.clone()).await) },
             async { watch("gateway", self.gateway.run(shutdown.clone()).await) },
+            async { watch("predictor", self.predictor.run(shutdown.clone()).await) },
         );
         user.and(order)
             .and(user_relay)
             .and(order_relay)
             .and(projector)
             .and(gateway)
+            .and(predictor)
     }
 }

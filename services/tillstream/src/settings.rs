@@ -15,6 +15,7 @@ fn binaries() -> Vec<clap::Command> {
         tillstream_relay::Cli::command(),
         tillstream_projections::Cli::command(),
         tillstream_gateway::Cli::command(),
+        tillstream_predictor::Cli::command(),
         crate::cli::Cli::command(),
     ];
     for command in &mut commands {

@@ -188,3 +188,39 @@ async fn setup_prepares_everything_doctor_checks_and_can_run_again() {
     assert!(healthy, "{text}");
     env.cleanup().await;
 }
+
+/// `tillstream predictor trace` writes a file that `predictor backtest --trace` reads back;
+/// a broken file is a clear error, not a panic.
+#[test]
+fn predictor_trace_and_backtest() {
+    let dir = std::env::temp_dir().join(format!("tillstream-cli-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("ramp.csv");
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tillstream"))
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("the binary runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let path = file.to_str().expect("utf-8 path");
+    let (ok, text) = run(&["predictor", "trace", "--kind", "ramp", "--out", path]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["predictor", "backtest", "--trace", path]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("MAPE model") && text.contains("s before"),
+        "{text}"
+    );
+
+    std::fs::write(&file, "at,rate,cpu_percent\nyesterday,1,2\n").expect("write");
+    let (ok, text) = run(&["predictor", "backtest", "--trace", path]);
+    assert!(
+        !ok && text.contains("line 2") && !text.contains("panicked"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,7 +17,14 @@ use tillstream_runtime::nats::{self, NatsConfig, NatsCredentials};
 use tillstream_testkit::nats_server::PrivateNats;
 use tillstream_testkit::{TestEnv, eventually};
 
-const USERS: [&str; 5] = ["relay", "projector", "gateway", "predictor", "operator"];
+const USERS: [&str; 6] = [
+    "command",
+    "relay",
+    "projector",
+    "gateway",
+    "predictor",
+    "operator",
+];
 
 /// A private nats-server with JetStream and the shipped `nats/accounts.conf`, each user's
 /// password `<user>-<secret>`.
@@ -105,6 +112,7 @@ async fn each_service_logs_in_as_its_own_nats_user_with_only_what_it_needs() {
         tls_cert: None,
         tls_key: None,
         token_lifetime_secs: 600,
+        nats: server.config("command"),
     })
     .await
     .expect("user service builds");

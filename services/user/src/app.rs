@@ -9,7 +9,7 @@ use tillstream_runtime::grpc_host::{GrpcHost, HostError, MAX_MESSAGE_BYTES};
 use tillstream_runtime::ops::Readiness;
 use tillstream_runtime::postgres::{self, PostgresReady};
 use tillstream_runtime::tokens::{KeyPaths, TokenIssuer, TokenVerifier};
-use tillstream_runtime::{Shutdown, StartError};
+use tillstream_runtime::{Shutdown, StartError, resources};
 
 use std::sync::Arc;
 
@@ -26,6 +26,8 @@ pub struct App {
     tls: Option<tillstream_runtime::tls::ServerTls>,
     service: UserGrpc,
     readiness: Readiness,
+    nats: async_nats::Client,
+    namespace: tillstream_events::Namespace,
 }
 
 /// The user service's own migrations (the credentials table).
@@ -69,6 +71,8 @@ impl App {
             reads,
         };
         Ok(App {
+            nats: config.nats.connect("tillstream-user", false).await?,
+            namespace: tillstream_events::Namespace::new(config.nats.namespace.clone())?,
             host: GrpcHost::bind(config.grpc_addr, config.ops_addr).await?,
             tls: config.tls(),
             service,
@@ -91,6 +95,7 @@ impl App {
 
     /// Serves gRPC (with `grpc.health.v1`) and the ops endpoints until `shutdown` fires.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), HostError> {
+        resources::report(self.nats, &self.namespace, "user", shutdown.clone());
         let interceptor = self.service.gate.interceptor();
         let service = InterceptedService::new(
             UserServiceServer::new(self.service).max_decoding_message_size(MAX_MESSAGE_BYTES),

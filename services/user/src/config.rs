@@ -33,6 +33,9 @@ pub struct Config {
     /// PEM private key for gRPC over TLS (with --tls-cert).
     #[arg(long = "tls-key", env = "TILLSTREAM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// NATS, for this process's resource samples only (commands never wait for NATS).
+    #[command(flatten)]
+    pub nats: tillstream_runtime::nats::NatsConfig,
     /// /healthz, /readyz, /metrics listen address.
     #[arg(
         long = "ops-addr",

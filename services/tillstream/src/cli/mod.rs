@@ -2,6 +2,7 @@
 
 mod doctor;
 mod events;
+mod predictor;
 mod projections;
 mod replay;
 mod setup;
@@ -57,6 +58,10 @@ enum Command {
     /// Operate the read-model projections.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
+    /// The predictor's offline tools: backtest over load traces, trace generator, ingest
+    /// benchmark.
+    #[command(subcommand)]
+    Predictor(predictor::PredictorCommand),
     /// Sign an access token with the installation's private key (for service-to-service
     /// calls and operators; the key is in `<data-dir>/keys/`).
     Token(token::TokenArgs),
@@ -82,6 +87,7 @@ impl Cli {
             Command::Setup(args) => setup::run(args).await,
             Command::Projections(command) => projections::run(command).await,
             Command::Token(args) => token::run(args),
+            Command::Predictor(command) => predictor::run(command),
         }
     }
 }

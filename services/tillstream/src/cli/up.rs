@@ -37,8 +37,8 @@ pub struct UpArgs {
         default_value = "127.0.0.1:8080"
     )]
     gateway_http_addr: SocketAddr,
-    /// First of five consecutive ports for the ops endpoints of user, order, the two relays
-    /// and the projector.
+    /// First of six consecutive ports for the ops endpoints of user, order, the two relays,
+    /// the projector and the predictor.
     #[arg(long, env = "TILLSTREAM_OPS_BASE_PORT", default_value_t = 9101)]
     ops_base_port: u16,
     /// The first admin, created on first start.
@@ -85,7 +85,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         user_grpc_addr: args.user_grpc_addr,
         order_grpc_addr: args.order_grpc_addr,
         gateway_http_addr: args.gateway_http_addr,
-        ops_addrs: [ops(0), ops(1), ops(2), ops(3), ops(4)],
+        ops_addrs: [ops(0), ops(1), ops(2), ops(3), ops(4), ops(5)],
         db_pool_size: 10,
         admin_email: Some(args.admin_email.clone()),
         admin_password: args.admin_password,

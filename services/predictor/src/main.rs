@@ -1,0 +1,21 @@
+use clap::Parser;
+use tillstream_runtime::telemetry;
+
+fn main() -> anyhow::Result<()> {
+    // Still one thread: the settings file may set environment variables.
+    tillstream_runtime::config_file::load()?;
+    run(tillstream_predictor::Cli::parse())
+}
+
+#[tokio::main]
+async fn run(cli: tillstream_predictor::Cli) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(
+        &cli.telemetry,
+        "tillstream-predictor",
+        telemetry::SERVER_FILTER,
+    )?;
+    let app = tillstream_predictor::App::build(cli.config).await?;
+    tracing::info!(ops = %app.ops_addr(), "predictor running");
+    app.run(tillstream_runtime::shutdown::on_signal()).await?;
+    Ok(())
+}

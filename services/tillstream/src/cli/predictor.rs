@@ -1,0 +1,158 @@
+//! `tillstream predictor backtest|trace|bench`: the predictor's offline tools.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tillstream_predictor::backtest::{self, BacktestConfig, BacktestReport};
+use tillstream_predictor::bench;
+use tillstream_predictor::trace::{self, TraceKind};
+
+#[derive(clap::Subcommand)]
+pub enum PredictorCommand {
+    /// Replay a load trace through the model and the scaling rule: MAPE of the model and
+    /// of the naive last-value forecast, and the lead time of each scale-out before CPU
+    /// crossed the threshold.
+    Backtest(BacktestArgs),
+    /// Write a synthetic load trace (CSV, or JSON when the file ends in .json).
+    Trace {
+        #[arg(long, value_enum)]
+        kind: TraceKind,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Measure ingest throughput (decode + windowing) on one core against plain decoding,
+    /// and write the figures to bench/results/.
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value = "bench/results")]
+        out_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct TraceSource {
+    /// A trace file (`at,rate,cpu_percent` CSV or JSON, equally spaced windows).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// A generated trace.
+    #[arg(long, value_enum)]
+    synthetic: Option<TraceKind>,
+}
+
+#[derive(clap::Args)]
+pub struct BacktestArgs {
+    #[command(flatten)]
+    source: TraceSource,
+    /// Seed of the generated trace.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: PredictorCommand) -> anyhow::Result<()> {
+    match command {
+        PredictorCommand::Backtest(args) => {
+            let (name, points) = match (&args.source.trace, args.source.synthetic) {
+                (Some(path), _) => (path.display().to_string(), trace::read(path)?),
+                (None, Some(kind)) => (
+                    format!("synthetic {} (seed {})", kind.name(), args.seed),
+                    trace::generate(kind, args.seed),
+                ),
+                (None, None) => anyhow::bail!("give --trace FILE or --synthetic KIND"),
+            };
+            let mut config = BacktestConfig::default();
+            if let [first, second, ..] = points.as_slice() {
+                let width = (second.at - first.at)
+                    .to_std()
+                    .context("trace windows must go forward in time")?;
+                config.predictor.windows.width = width;
+            }
+            let report = backtest::run(&points, &config);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&name, &report);
+            }
+            Ok(())
+        }
+        PredictorCommand::Trace { kind, seed, out } => {
+            let points = trace::generate(kind, seed);
+            trace::write(&out, &points)?;
+            println!(
+                "{} windows of {} written to {}",
+                points.len(),
+                kind.name(),
+                out.display()
+            );
+            Ok(())
+        }
+        PredictorCommand::Bench {
+            messages,
+            runs,
+            out_dir,
+        } => {
+            let report = bench::run(messages, runs);
+            let path = bench::write(&report, &out_dir)
+                .with_context(|| format!("writing to {}", out_dir.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!("written to {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn print_report(name: &str, report: &BacktestReport) {
+    println!("backtest of {name}: {} windows", report.windows);
+    for (series, mape) in [("request rate", report.rate), ("cpu", report.cpu)] {
+        println!(
+            "  {series:<12} MAPE model {:>6.2}%   naive last-value {:>6.2}%   ({:+.1}% vs naive, {} windows scored)",
+            100.0 * mape.model,
+            100.0 * mape.naive,
+            -100.0 * mape.improvement,
+            mape.scored_windows
+        );
+    }
+    println!(
+        "  decisions {} ({} out, {} in), flaps {}",
+        report.decisions.len(),
+        report
+            .decisions
+            .iter()
+            .filter(|d| d.direction == tillstream_events::ScalingDirection::Out)
+            .count(),
+        report
+            .decisions
+            .iter()
+            .filter(|d| d.direction == tillstream_events::ScalingDirection::In)
+            .count(),
+        report.flaps
+    );
+    if report.crossings.is_empty() {
+        println!("  cpu never crossed the threshold");
+    }
+    for crossing in &report.crossings {
+        match (crossing.lead_secs, &crossing.reason) {
+            (Some(lead), Some(reason)) => println!(
+                "  cpu crossed at {}: scale-out {} ({reason})",
+                crossing.at.format("%a %H:%M:%S"),
+                if lead >= 0 {
+                    format!("{lead} s before")
+                } else {
+                    format!("{} s after", -lead)
+                }
+            ),
+            _ => println!(
+                "  cpu crossed at {}: no scale-out",
+                crossing.at.format("%a %H:%M:%S")
+            ),
+        }
+    }
+}
