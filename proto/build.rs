@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "tillstream/user/v1/user.proto",
                 "tillstream/order/v1/order.proto",
+                "tillstream/audit/v1/audit.proto",
             ],
             &["."],
         )?;

@@ -13,6 +13,12 @@ pub mod order {
     }
 }
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("tillstream.audit.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every tillstream proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tillstream_descriptor.bin"));

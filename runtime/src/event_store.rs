@@ -153,6 +153,11 @@ impl<A: Aggregate> CommandBus<A> {
         })
     }
 
+    /// The event store's pool (for reads that bypass the aggregate, such as the audit trail).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Loads the current state of aggregate `id` (its default state when it has no events)
     /// and its version (the sequence of its last event, 0 for none).
     pub async fn load(&self, id: &str) -> Result<(A, u64), CommandError<A::Error>> {

@@ -54,6 +54,17 @@ impl ApiError {
         }
     }
 
+    /// One bad field, named as the request named it.
+    pub fn field(field: &str, description: &str) -> Self {
+        ApiError::BadUserInput {
+            message: format!("{field} {description}"),
+            details: vec![FieldViolation {
+                field: field.to_owned(),
+                description: description.to_owned(),
+            }],
+        }
+    }
+
     /// A read-model failure: logged in full, answered as UNAVAILABLE without internals.
     pub fn reads(error: sqlx::Error) -> Self {
         tracing::warn!(%error, "read model query failed");

@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tillstream_events::Role;
 use tillstream_projections::queries::{OrderWithItems, Reads, UserRow};
+use tillstream_proto::audit::v1 as audit_pb;
 use tillstream_proto::order::v1 as order_pb;
 use tillstream_proto::user::v1 as user_pb;
 use tillstream_runtime::grpc::Caller;
@@ -505,6 +506,56 @@ impl Operations {
             id: reply.id,
             version: reply.version,
         })
+    }
+
+    /// Admin only (the command service that owns the aggregate decides): its history from
+    /// the event store, with the state after each event.
+    pub async fn audit_trail(
+        &self,
+        forward: &Forward,
+        aggregate_type: &str,
+        id: String,
+        as_of_version: Option<i64>,
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<audit_pb::AuditTrail, ApiError> {
+        let as_of_version = match as_of_version {
+            None => 0,
+            Some(v) if v >= 1 => v as u64,
+            Some(_) => {
+                return Err(ApiError::field(
+                    "asOfVersion",
+                    "must be 1 or more (a version is an event's sequence)",
+                ));
+            }
+        };
+        let request = audit_pb::GetAuditTrailRequest {
+            id,
+            as_of_version,
+            as_of: as_of.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        };
+        let trail = match aggregate_type {
+            "order" => {
+                self.backends
+                    .orders
+                    .clone()
+                    .get_audit_trail(forward.request(request))
+                    .await?
+            }
+            "user" => {
+                self.backends
+                    .users
+                    .clone()
+                    .get_audit_trail(forward.request(request))
+                    .await?
+            }
+            _ => {
+                return Err(ApiError::field(
+                    "aggregateType",
+                    "must be `order` or `user`",
+                ));
+            }
+        };
+        Ok(trail.into_inner())
     }
 
     /// Admin only (the user service decides).

@@ -137,6 +137,20 @@ impl OrderGrpc {
 
 #[tonic::async_trait]
 impl pb::order_service_server::OrderService for OrderGrpc {
+    async fn get_audit_trail(
+        &self,
+        request: Request<tillstream_proto::audit::v1::GetAuditTrailRequest>,
+    ) -> Result<Response<tillstream_proto::audit::v1::AuditTrail>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        tillstream_runtime::audit::grpc_trail::<Order>(
+            self.commands.pool(),
+            &caller,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+    }
+
     async fn place_order(
         &self,
         request: Request<pb::PlaceOrderRequest>,

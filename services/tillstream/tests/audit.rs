@@ -174,3 +174,114 @@ async fn an_order_stored_as_version_1_is_read_everywhere_as_version_2() {
     assert_eq!(history[1].event_type, "OrderPaid");
     platform.stop().await;
 }
+
+/// `auditTrail` in GraphQL: admins see each event with its actor and the state after it,
+/// as of any version; customers are refused; a bad aggregate type names the field.
+#[tokio::test]
+async fn admins_read_the_audit_trail_over_graphql() {
+    let platform = TestPlatform::start().await;
+    let (user_id, token) = platform.customer("trailed").await;
+    let order_id = platform.order_for(&user_id, &token).await;
+    let pay = order_pb::PayOrderRequest {
+        order_id: order_id.clone(),
+        payment_reference: "psp-trail".into(),
+        amount_cents: 2550,
+        idempotency_key: String::new(),
+    };
+    platform
+        .orders()
+        .await
+        .pay_order(authorized(pay, &token))
+        .await
+        .unwrap();
+    let admin = platform.admin_token().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/graphql", platform.addrs.gateway_http);
+    let query = "query($type: String!, $id: ID!, $v: Int) { auditTrail(aggregateType: $type, id: $id, asOfVersion: $v) { \
+                 aggregateType id steps { sequence eventType eventVersion actorId actorRole correlationId payload state } } }";
+
+    let all = support::graphql(
+        &http,
+        &url,
+        &admin,
+        query,
+        json!({"type": "order", "id": order_id}),
+    )
+    .await;
+    let steps = &all["data"]["auditTrail"]["steps"];
+    assert_eq!(steps.as_array().map(Vec::len), Some(2), "{all}");
+    assert_eq!(steps[0]["eventType"], "OrderPlaced");
+    assert_eq!(steps[0]["state"]["status"], "PLACED");
+    assert_eq!(steps[1]["eventType"], "OrderPaid");
+    assert_eq!(steps[1]["state"]["status"], "PAID");
+    assert_eq!(steps[1]["actorId"], user_id.as_str());
+    assert_eq!(steps[1]["actorRole"], "customer");
+    assert_eq!(steps[1]["payload"]["payment_reference"], "psp-trail");
+
+    let first = support::graphql(
+        &http,
+        &url,
+        &admin,
+        query,
+        json!({"type": "order", "id": order_id, "v": 1}),
+    )
+    .await;
+    assert_eq!(
+        first["data"]["auditTrail"]["steps"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{first}"
+    );
+
+    let user = support::graphql(
+        &http,
+        &url,
+        &admin,
+        query,
+        json!({"type": "user", "id": user_id}),
+    )
+    .await;
+    assert_eq!(
+        user["data"]["auditTrail"]["steps"][0]["eventType"], "UserRegistered",
+        "{user}"
+    );
+
+    let refused = support::graphql(
+        &http,
+        &url,
+        &token,
+        query,
+        json!({"type": "order", "id": order_id}),
+    )
+    .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    let bad = support::graphql(
+        &http,
+        &url,
+        &admin,
+        query,
+        json!({"type": "invoice", "id": order_id}),
+    )
+    .await;
+    assert_eq!(
+        bad["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{bad}"
+    );
+    let missing = support::graphql(
+        &http,
+        &url,
+        &admin,
+        query,
+        json!({"type": "order", "id": uuid::Uuid::now_v7().to_string()}),
+    )
+    .await;
+    assert_eq!(
+        missing["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{missing}"
+    );
+    platform.stop().await;
+}

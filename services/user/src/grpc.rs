@@ -140,6 +140,20 @@ pub fn role_to_proto(role: Role) -> pb::Role {
 
 #[tonic::async_trait]
 impl pb::user_service_server::UserService for UserGrpc {
+    async fn get_audit_trail(
+        &self,
+        request: Request<tillstream_proto::audit::v1::GetAuditTrailRequest>,
+    ) -> Result<Response<tillstream_proto::audit::v1::AuditTrail>, Status> {
+        let caller = self.gate.caller(&request).await?;
+        tillstream_runtime::audit::grpc_trail::<User>(
+            self.commands.pool(),
+            &caller,
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+    }
+
     async fn register_user(
         &self,
         request: Request<pb::RegisterUserRequest>,

@@ -3,9 +3,9 @@
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result};
 
-use super::types::{Order, OrderStatus, User};
+use super::types::{AuditTrail, Order, OrderStatus, User};
 use super::{caller, loaders, operations};
-use crate::auth::MinVersions;
+use crate::auth::{Forward, MinVersions};
 use crate::error::ApiError;
 use crate::operations::{Page, PageRequest, parse_id};
 
@@ -34,6 +34,31 @@ fn connection<R, T: async_graphql::OutputType>(
 
 #[Object]
 impl QueryRoot {
+    /// Admins: an aggregate's (`order` or `user`) history from the event store, each event
+    /// with its actor and correlation id and the state after it; with `asOfVersion` or
+    /// `asOf`, only up to that point (time travel).
+    async fn audit_trail(
+        &self,
+        ctx: &Context<'_>,
+        aggregate_type: String,
+        id: ID,
+        as_of_version: Option<i64>,
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<AuditTrail> {
+        caller(ctx).await?;
+        let trail = operations(ctx)?
+            .audit_trail(
+                ctx.data::<Forward>()?,
+                &aggregate_type,
+                id.0,
+                as_of_version,
+                as_of,
+            )
+            .await
+            .map_err(ApiError::graphql)?;
+        Ok(trail.into())
+    }
+
     /// The signed-in user.
     async fn me(&self, ctx: &Context<'_>) -> Result<Option<User>> {
         let caller = caller(ctx).await?;

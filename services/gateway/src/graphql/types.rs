@@ -284,3 +284,58 @@ impl From<OrderWithItems> for Order {
         }
     }
 }
+
+/// An aggregate's history from the event store (admins): who did what, when, why, and the
+/// state it left behind.
+#[derive(SimpleObject)]
+pub struct AuditTrail {
+    pub aggregate_type: String,
+    pub id: ID,
+    pub steps: Vec<AuditStep>,
+}
+
+/// One event of an audit trail and the aggregate's state after it.
+#[derive(SimpleObject)]
+pub struct AuditStep {
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub recorded_at: DateTime<Utc>,
+    pub actor_id: Option<String>,
+    pub actor_role: Option<String>,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    /// The event's payload as read today (older versions upcast).
+    pub payload: async_graphql::Json<serde_json::Value>,
+    /// The aggregate's state after this event.
+    pub state: async_graphql::Json<serde_json::Value>,
+}
+
+impl From<tillstream_proto::audit::v1::AuditTrail> for AuditTrail {
+    fn from(trail: tillstream_proto::audit::v1::AuditTrail) -> Self {
+        let text = |s: String| (!s.is_empty()).then_some(s);
+        let json = |s: &str| async_graphql::Json(serde_json::from_str(s).unwrap_or_default());
+        AuditTrail {
+            aggregate_type: trail.aggregate_type,
+            id: ID(trail.id),
+            steps: trail
+                .steps
+                .into_iter()
+                .map(|step| AuditStep {
+                    sequence: i64::try_from(step.sequence).unwrap_or(i64::MAX),
+                    recorded_at: DateTime::parse_from_rfc3339(&step.recorded_at)
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or_default(),
+                    payload: json(&step.payload_json),
+                    state: json(&step.state_json),
+                    event_type: step.event_type,
+                    event_version: step.event_version,
+                    actor_id: text(step.actor_id),
+                    actor_role: text(step.actor_role),
+                    correlation_id: step.correlation_id,
+                    causation_id: text(step.causation_id),
+                })
+                .collect(),
+        }
+    }
+}
