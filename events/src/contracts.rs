@@ -108,12 +108,12 @@ fn asyncapi(events: &[EventContract]) -> Value {
         ),
         (
             "autoscale.decisions",
-            "The predictor's scaling decisions (stream AUTOSCALE).",
+            "The predictor's scaling decisions (stream AUTOSCALE, kept 30 days).",
             "autoscale/ScalingDecision.schema.json",
         ),
         (
-            "autoscale.forecasts",
-            "The predictor's latest forecast per service, after every window (stream AUTOSCALE).",
+            "autoscale.forecasts.{service}",
+            "The predictor's forecast for a service after every window; the last message on the subject is the latest (stream AUTOSCALE, kept 30 days).",
             "autoscale/LoadForecast.schema.json",
         ),
     ] {

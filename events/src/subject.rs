@@ -93,9 +93,31 @@ impl Namespace {
         self.subject("autoscale.decisions")
     }
 
-    /// `autoscale.forecasts`: the predictor's latest [`crate::LoadForecast`] per service.
-    pub fn autoscale_forecasts_subject(&self) -> String {
-        self.subject("autoscale.forecasts")
+    /// `autoscale.forecasts.<service>`: the predictor's [`crate::LoadForecast`]s for one
+    /// service, so the latest per service is the last message on its subject. A character
+    /// a subject token may not hold (`.`, `*`, `>`, whitespace, ...) becomes `_`.
+    pub fn autoscale_forecast_subject(&self, service: &str) -> String {
+        let token: String = service
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let token = if token.is_empty() {
+            "_".to_owned()
+        } else {
+            token
+        };
+        self.subject(&format!("autoscale.forecasts.{token}"))
+    }
+
+    /// `autoscale.forecasts.>`: the forecasts of every service.
+    pub fn autoscale_forecasts_wildcard(&self) -> String {
+        self.subject("autoscale.forecasts.>")
     }
 
     /// The name of a durable consumer, unique per namespace.
@@ -123,6 +145,16 @@ mod tests {
             "metrics.requests.gateway"
         );
         assert_eq!(ns.autoscale_decisions_subject(), "autoscale.decisions");
+        assert_eq!(
+            ns.autoscale_forecast_subject("order"),
+            "autoscale.forecasts.order"
+        );
+        assert_eq!(
+            ns.autoscale_forecast_subject("a.b *>"),
+            "autoscale.forecasts.a_b___",
+            "no service name can leave its subject token"
+        );
+        assert_eq!(ns.autoscale_forecast_subject(""), "autoscale.forecasts._");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::backends::Backends;
 use crate::body_limit::{self, MaxBody};
 use crate::config::Limits;
 use crate::graphql::{self, GatewaySchema};
-use crate::graphql::{OperationSlot, OrderEvents};
+use crate::graphql::{OperationSlot, Streams};
 use crate::operations::Operations;
 use crate::rate_limit::{self, RateLimit};
 use crate::request_metrics::{self, OperationName, Publisher, RequestMetrics};
@@ -49,14 +49,14 @@ pub struct App {
 /// endpoints (`/healthz`, `/readyz`, `/metrics`) are not limited.
 pub fn router(
     operations: Operations,
-    events: OrderEvents,
+    streams: Streams,
     verifier: TokenVerifier,
     readiness: Readiness,
     metrics: RequestMetrics,
     rate_limit: RateLimit,
     limits: &Limits,
 ) -> Router {
-    let schema = graphql::schema(operations.clone(), events, limits);
+    let schema = graphql::schema(operations.clone(), streams, limits);
     let graphql = if limits.graphiql {
         get(|| async { Html(GraphiQLSource::build().endpoint("/graphql").finish()) }).post(execute)
     } else {
@@ -162,7 +162,7 @@ impl App {
         let client = config.nats.connect("tillstream-gateway", false).await?;
         let namespace = Namespace::new(config.nats.namespace)?;
         let subject = namespace.request_metrics_subject("gateway");
-        let events = OrderEvents::new(client.clone(), namespace.clone());
+        let streams = Streams::new(client.clone(), namespace.clone());
         let (metrics, publisher) =
             request_metrics::channel(client.clone(), subject, config.metrics_buffer);
         let backends = Backends::connect(
@@ -183,7 +183,7 @@ impl App {
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
                 Operations::new(reads, backends),
-                events,
+                streams,
                 TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
                 readiness,
                 metrics,

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod autoscale;
 pub mod backends;
 pub mod body_limit;
 pub mod config;

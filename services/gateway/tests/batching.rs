@@ -112,8 +112,8 @@ async fn a_page_of_orders_costs_a_constant_number_of_statements() {
     let nats = async_nats::connect(tillstream_testkit::nats_url())
         .await
         .unwrap();
-    let events = graphql::OrderEvents::new(nats, env.namespace.clone());
-    let schema = graphql::schema(Operations::new(reads.clone(), backends), events, &limits);
+    let streams = graphql::Streams::new(nats, env.namespace.clone());
+    let schema = graphql::schema(Operations::new(reads.clone(), backends), streams, &limits);
 
     let (small, _) = run(&schema, &reads, 10).await;
     let (large, answer) = run(&schema, &reads, 100).await;

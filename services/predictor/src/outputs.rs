@@ -1,4 +1,4 @@
-//! Where forecasts and decisions go: JetStream (`autoscale.forecasts`,
+//! Where forecasts and decisions go: JetStream (`autoscale.forecasts.<service>`,
 //! `autoscale.decisions`), Prometheus gauges, and the optional hooks (an HTTP webhook, a
 //! shell command such as `kubectl scale`).
 //!
@@ -15,7 +15,7 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Outputs {
     js: jetstream::Context,
-    forecasts_subject: String,
+    namespace: Namespace,
     decisions_subject: String,
     webhook: Option<(reqwest::Client, url::Url)>,
     command: Option<String>,
@@ -34,14 +34,15 @@ impl Outputs {
             .unwrap_or_default();
         Outputs {
             js,
-            forecasts_subject: namespace.autoscale_forecasts_subject(),
+            namespace: namespace.clone(),
             decisions_subject: namespace.autoscale_decisions_subject(),
             webhook: webhook.map(|url| (client, url)),
             command,
         }
     }
 
-    /// Gauges, then the forecast on `autoscale.forecasts` (best effort: not awaited for an ack).
+    /// Gauges, then the forecast on `autoscale.forecasts.<service>` (best effort: not awaited
+    /// for an ack).
     pub async fn forecast(&self, forecast: &LoadForecast) {
         let service = forecast.service.clone();
         metrics::gauge!("tillstream_predictor_forecast_rate", "service" => service.clone())
@@ -58,7 +59,8 @@ impl Outputs {
                     .set(mape);
             }
         }
-        self.publish(&self.forecasts_subject, forecast, false).await;
+        let subject = self.namespace.autoscale_forecast_subject(&forecast.service);
+        self.publish(&subject, forecast, false).await;
     }
 
     /// The decision on `autoscale.decisions` (awaiting JetStream's ack), then the hooks.

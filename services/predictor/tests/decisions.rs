@@ -130,7 +130,7 @@ async fn sustained_high_cpu_becomes_a_scale_out_decision_on_autoscale_decisions(
     // Move the clock one window at a time; after each, the predictor publishes its
     // forecast for the window that just closed.
     let streams = env.namespace.stream("AUTOSCALE");
-    let forecasts = env.namespace.autoscale_forecasts_subject();
+    let forecasts = env.namespace.autoscale_forecast_subject("order");
     let grace = chrono::Duration::seconds(5);
     let mut last_forecast = None;
     for w in 1..=WINDOWS {

@@ -1,5 +1,6 @@
 //! The gateway's traffic controls and telemetry against the in-process platform: request
-//! metrics on the METRICS stream and in Prometheus, rate limits, and request limits.
+//! metrics on the METRICS stream and in Prometheus, rate limits, request limits, and the
+//! predictor's answer to that traffic as `loadForecast`.
 
 mod support;
 
@@ -7,7 +8,7 @@ use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use support::{DEADLINE, TestPlatform};
-use tillstream_events::RequestMetric;
+use tillstream_events::{LoadForecast, RequestMetric, ScalingDecision, ScalingDirection};
 
 async fn graphql(http: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> Value {
     let mut request = http.post(url).json(&body);
@@ -283,5 +284,129 @@ async fn oversized_deep_complex_and_introspecting_requests_are_refused_with_code
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    platform.stop().await;
+}
+
+fn forecast(service: &str, minute: i64, rate: f64) -> LoadForecast {
+    LoadForecast {
+        service: service.to_owned(),
+        at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(minute),
+        horizon_secs: 300,
+        measured_rate: rate,
+        measured_cpu_percent: Some(40.0),
+        forecast_rate: rate * 2.0,
+        forecast_cpu_percent: Some(80.0),
+        rate_mape: Some(0.1),
+        cpu_mape: None,
+        confidence: 0.9,
+        desired_replicas: 2,
+    }
+}
+
+fn decision(service: &str, to: u32) -> ScalingDecision {
+    ScalingDecision {
+        service: service.to_owned(),
+        direction: ScalingDirection::Out,
+        from_replicas: to - 1,
+        to_replicas: to,
+        reason: format!("step {to}"),
+        forecast_rate: 10.0,
+        forecast_cpu_percent: 75.0,
+        confidence: 0.8,
+        at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(i64::from(to)),
+    }
+}
+
+#[tokio::test]
+async fn admins_read_the_latest_forecast_per_service_and_recent_decisions() {
+    let platform = TestPlatform::start().await;
+    let (_, customer) = platform.customer("noor").await;
+    let admin = platform.admin_token().await;
+    let url = format!("http://{}/graphql", platform.addrs.gateway_http);
+    let http = reqwest::Client::new();
+    let ns = platform.env.namespace.clone();
+    let client = async_nats::connect(tillstream_testkit::nats_url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+
+    // What a predictor publishes: service names it would never see from the platform's
+    // own traffic, so the real predictor running alongside cannot interfere.
+    let mut acks = Vec::new();
+    let mut publish = async |subject: String, body: Vec<u8>| {
+        acks.push(js.publish(subject, body.into()).await.unwrap());
+    };
+    for (service, minute, rate) in [("shop-a", 1, 5.0), ("shop-b", 1, 7.0), ("shop-a", 2, 6.0)] {
+        let body = serde_json::to_vec(&forecast(service, minute, rate)).unwrap();
+        publish(ns.autoscale_forecast_subject(service), body).await;
+    }
+    publish(
+        ns.autoscale_forecast_subject("shop-c"),
+        b"not a forecast".to_vec(),
+    )
+    .await;
+    for to in 2..=4 {
+        let body = serde_json::to_vec(&decision("shop-a", to)).unwrap();
+        publish(ns.autoscale_decisions_subject(), body).await;
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    let query = json!({ "query": "query($n: Int!) { loadForecast(decisions: $n) { \
+        services { service at horizonSeconds measuredRate forecastRate forecastCpuPercent cpuMape desiredReplicas } \
+        decisions { service direction fromReplicas toReplicas reason } } }", "variables": { "n": 2 } });
+    let answer = graphql(&http, &url, Some(&admin), query.clone()).await;
+    let view = &answer["data"]["loadForecast"];
+    let ours: Vec<&Value> = view["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .filter(|s| {
+            s["service"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("shop-"))
+        })
+        .collect();
+    assert_eq!(
+        ours.len(),
+        2,
+        "one forecast per service; shop-c's undecodable one is skipped: {answer}"
+    );
+    assert_eq!(ours[0]["service"], "shop-a");
+    assert_eq!(
+        ours[0]["measuredRate"], 6.0,
+        "the latest of shop-a: {answer}"
+    );
+    assert_eq!(ours[0]["forecastRate"], 12.0);
+    assert_eq!(ours[0]["at"], "1970-01-01T00:02:00+00:00");
+    assert_eq!(ours[0]["horizonSeconds"], 300);
+    assert_eq!(ours[0]["cpuMape"], Value::Null);
+    assert_eq!(ours[0]["desiredReplicas"], 2);
+    assert_eq!(ours[1]["service"], "shop-b");
+    assert_eq!(ours[1]["measuredRate"], 7.0);
+    assert_eq!(
+        view["decisions"],
+        json!([
+            { "service": "shop-a", "direction": "OUT", "fromReplicas": 3, "toReplicas": 4, "reason": "step 4" },
+            { "service": "shop-a", "direction": "OUT", "fromReplicas": 2, "toReplicas": 3, "reason": "step 3" },
+        ]),
+        "the newest decisions first"
+    );
+
+    let refused = graphql(&http, &url, Some(&customer), query).await;
+    assert_eq!(refused["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    assert_eq!(refused["data"]["loadForecast"], Value::Null);
+    let too_many = graphql(
+        &http,
+        &url,
+        Some(&admin),
+        json!({ "query": "{ loadForecast(decisions: 101) { decisions { reason } } }" }),
+    )
+    .await;
+    assert_eq!(
+        too_many["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{too_many}"
+    );
     platform.stop().await;
 }

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::{DEADLINE, register};
+use tillstream_events::Namespace;
+use tillstream_gateway::autoscale::Autoscale;
 use tillstream_proto::user::v1::user_service_client::UserServiceClient;
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::{self, NatsConfig, NatsCredentials};
@@ -195,6 +197,36 @@ async fn each_service_logs_in_as_its_own_nats_user_with_only_what_it_needs() {
         as_gateway.query_account().await.is_err(),
         "the gateway may not call the JetStream API"
     );
+
+    // The predictor publishes forecasts; the gateway reads them for loadForecast.
+    let predictor = async_nats::jetstream::new(server.connect("predictor").await);
+    let forecast = tillstream_events::LoadForecast {
+        service: "order".to_owned(),
+        at: chrono::Utc::now(),
+        horizon_secs: 300,
+        measured_rate: 3.0,
+        measured_cpu_percent: None,
+        forecast_rate: 4.0,
+        forecast_cpu_percent: None,
+        rate_mape: None,
+        cpu_mape: None,
+        confidence: 0.0,
+        desired_replicas: 1,
+    };
+    predictor
+        .publish(
+            Namespace::default().autoscale_forecast_subject("order"),
+            serde_json::to_vec(&forecast).expect("JSON").into(),
+        )
+        .await
+        .expect("sent")
+        .await
+        .expect("the predictor may publish forecasts");
+    let view = Autoscale::new(server.connect("gateway").await, Namespace::default())
+        .latest(5)
+        .await
+        .expect("the gateway may read AUTOSCALE");
+    assert_eq!(view.map(|v| v.forecasts), Some(vec![forecast]));
 
     // The relay may not publish dead letters.
     let relay_login = server.connect("relay").await;

@@ -109,6 +109,33 @@ async fn every_operation_for_every_kind_of_caller() {
     })
     .await;
 
+    // A forecast as the predictor publishes it, so an admin's loadForecast is an answer.
+    let client = async_nats::connect(tillstream_testkit::nats_url())
+        .await
+        .unwrap();
+    let forecast = tillstream_events::LoadForecast {
+        service: "rbac".to_owned(),
+        at: chrono::Utc::now(),
+        horizon_secs: 300,
+        measured_rate: 1.0,
+        measured_cpu_percent: None,
+        forecast_rate: 1.0,
+        forecast_cpu_percent: None,
+        rate_mape: None,
+        cpu_mape: None,
+        confidence: 0.0,
+        desired_replicas: 1,
+    };
+    async_nats::jetstream::new(client)
+        .publish(
+            platform.env.namespace.autoscale_forecast_subject("rbac"),
+            serde_json::to_vec(&forecast).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
     let vars = json!({ "alice": alice, "bob": bob, "order": order });
     let callers: [(&str, Option<&str>); 5] = [
         ("anonymous", None),
@@ -154,6 +181,17 @@ async fn every_operation_for_every_kind_of_caller() {
         (
             "users",
             "{ users { edges { node { id } } } }",
+            [
+                Code("UNAUTHENTICATED"),
+                Code("FORBIDDEN"),
+                Code("FORBIDDEN"),
+                Answer,
+                Code("FORBIDDEN"),
+            ],
+        ),
+        (
+            "loadForecast",
+            "{ loadForecast { services { service } } }",
             [
                 Code("UNAUTHENTICATED"),
                 Code("FORBIDDEN"),

@@ -1,5 +1,5 @@
 //! The GraphQL schema of `shared/API.md`: queries from the read models (`me`, `user`,
-//! `users`, `order`, `orders`), mutations forwarded to the command services. Both go
+//! `users`, `order`, `orders`), the predictor's `loadForecast`, mutations forwarded to the command services. Both go
 //! through [`Operations`], as the REST mirror does.
 //!
 //! Errors carry `extensions.code` ([`crate::error::ApiError`] is the one mapping).
@@ -23,18 +23,37 @@ pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
 use tillstream_runtime::grpc::Caller;
 
 use crate::auth::Viewer;
+use crate::autoscale::Autoscale;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::operations::Operations;
 
 pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
+/// What the schema reads from JetStream: order events (subscriptions) and the predictor's
+/// output (`loadForecast`).
+#[derive(Clone)]
+pub struct Streams {
+    pub events: OrderEvents,
+    pub autoscale: Autoscale,
+}
+
+impl Streams {
+    pub fn new(client: async_nats::Client, namespace: tillstream_events::Namespace) -> Self {
+        Streams {
+            events: OrderEvents::new(client.clone(), namespace.clone()),
+            autoscale: Autoscale::new(client, namespace),
+        }
+    }
+}
+
 /// The schema. Queries deeper or more complex than `limits` allow are refused before they
 /// run, with `extensions.code = BAD_USER_INPUT` and `extensions.limit`.
-pub fn schema(operations: Operations, events: OrderEvents, limits: &Limits) -> GatewaySchema {
+pub fn schema(operations: Operations, streams: Streams, limits: &Limits) -> GatewaySchema {
     let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(operations.reads.clone())
-        .data(events)
+        .data(streams.events)
+        .data(streams.autoscale)
         .data(operations)
         .limit_depth(limits.graphql_max_depth)
         .limit_complexity(limits.graphql_max_complexity)

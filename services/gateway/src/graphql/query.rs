@@ -3,9 +3,10 @@
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, Result};
 
-use super::types::{AuditTrail, Order, OrderStatus, User};
+use super::types::{AuditTrail, LoadForecast, Order, OrderStatus, User};
 use super::{caller, loaders, operations};
 use crate::auth::{Forward, MinVersions};
+use crate::autoscale::Autoscale;
 use crate::error::ApiError;
 use crate::operations::{Page, PageRequest, parse_id};
 
@@ -57,6 +58,31 @@ impl QueryRoot {
             .await
             .map_err(ApiError::graphql)?;
         Ok(trail.into())
+    }
+
+    /// Admins: the predictor's latest forecast of every service and its `decisions` most
+    /// recent scaling decisions (0 to 100, newest first); null before its first forecast.
+    async fn load_forecast(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] decisions: i32,
+    ) -> Result<Option<LoadForecast>> {
+        let caller = caller(ctx).await?;
+        if caller.role != tillstream_events::Role::Admin {
+            return Err(
+                ApiError::Forbidden("only admins may read the load forecast".to_owned()).graphql(),
+            );
+        }
+        let keep = usize::try_from(decisions)
+            .ok()
+            .filter(|n| *n <= 100)
+            .ok_or_else(|| ApiError::field("decisions", "must be 0 to 100").graphql())?;
+        let view = ctx
+            .data::<Autoscale>()?
+            .latest(keep)
+            .await
+            .map_err(ApiError::graphql)?;
+        Ok(view.map(LoadForecast::from))
     }
 
     /// The signed-in user.

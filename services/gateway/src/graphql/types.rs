@@ -339,3 +339,107 @@ impl From<tillstream_proto::audit::v1::AuditTrail> for AuditTrail {
         }
     }
 }
+
+/// What the predictor expects and what it decided (admins): the latest forecast of every
+/// service it has seen and its most recent scaling decisions.
+#[derive(SimpleObject)]
+pub struct LoadForecast {
+    /// The latest forecast of each service, by service name.
+    pub services: Vec<ServiceForecast>,
+    /// The most recent scaling decisions, newest first.
+    pub decisions: Vec<ScalingDecision>,
+}
+
+/// The predictor's latest forecast for one service.
+#[derive(SimpleObject)]
+pub struct ServiceForecast {
+    pub service: String,
+    /// End of the last window the forecast is based on.
+    pub at: DateTime<Utc>,
+    /// How far ahead the forecast looks, in seconds.
+    pub horizon_seconds: i64,
+    /// Requests per second measured over the last minute.
+    pub measured_rate: f64,
+    /// CPU (percent of one core, mean per instance) measured over the last minute.
+    pub measured_cpu_percent: Option<f64>,
+    /// Requests per second expected at the horizon.
+    pub forecast_rate: f64,
+    /// CPU expected at the horizon, when the service reports CPU.
+    pub forecast_cpu_percent: Option<f64>,
+    /// Mean absolute percentage error of recent rate forecasts (0.1 = 10%).
+    pub rate_mape: Option<f64>,
+    /// The same for CPU.
+    pub cpu_mape: Option<f64>,
+    /// 0..1: how much the model is trusted.
+    pub confidence: f64,
+    /// Replicas the predictor currently wants.
+    pub desired_replicas: i64,
+}
+
+impl From<tillstream_events::LoadForecast> for ServiceForecast {
+    fn from(f: tillstream_events::LoadForecast) -> Self {
+        ServiceForecast {
+            service: f.service,
+            at: f.at,
+            horizon_seconds: i64::try_from(f.horizon_secs).unwrap_or(i64::MAX),
+            measured_rate: f.measured_rate,
+            measured_cpu_percent: f.measured_cpu_percent,
+            forecast_rate: f.forecast_rate,
+            forecast_cpu_percent: f.forecast_cpu_percent,
+            rate_mape: f.rate_mape,
+            cpu_mape: f.cpu_mape,
+            confidence: f.confidence,
+            desired_replicas: i64::from(f.desired_replicas),
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ScalingDirection {
+    Out,
+    In,
+}
+
+/// A decision of the predictor to change a service's replica count.
+#[derive(SimpleObject)]
+pub struct ScalingDecision {
+    pub service: String,
+    pub direction: ScalingDirection,
+    pub from_replicas: i64,
+    pub to_replicas: i64,
+    /// Why, in words (`cpu 78% > 70% for 5m`, `forecast cpu 74% within 5m`, ...).
+    pub reason: String,
+    pub forecast_rate: f64,
+    pub forecast_cpu_percent: f64,
+    /// 0..1: how much the model was trusted when it decided.
+    pub confidence: f64,
+    pub at: DateTime<Utc>,
+}
+
+impl From<tillstream_events::ScalingDecision> for ScalingDecision {
+    fn from(d: tillstream_events::ScalingDecision) -> Self {
+        ScalingDecision {
+            service: d.service,
+            direction: match d.direction {
+                tillstream_events::ScalingDirection::Out => ScalingDirection::Out,
+                tillstream_events::ScalingDirection::In => ScalingDirection::In,
+            },
+            from_replicas: i64::from(d.from_replicas),
+            to_replicas: i64::from(d.to_replicas),
+            reason: d.reason,
+            forecast_rate: d.forecast_rate,
+            forecast_cpu_percent: d.forecast_cpu_percent,
+            confidence: d.confidence,
+            at: d.at,
+        }
+    }
+}
+
+impl From<crate::autoscale::LoadView> for LoadForecast {
+    fn from(view: crate::autoscale::LoadView) -> Self {
+        LoadForecast {
+            services: view.forecasts.into_iter().map(Into::into).collect(),
+            decisions: view.decisions.into_iter().map(Into::into).collect(),
+        }
+    }
+}
