@@ -15,6 +15,9 @@
 //! ever grows at its end, and a checkpoint `(txid, global_position)` never skips a row.
 //! (That is transaction-id order, not strictly commit order: of two unrelated transactions
 //! the one that wrote first is published first, even if it committed second.)
+//! Within one batch the relay publishes in waves (each aggregate's first event of the batch,
+//! then each one's second, ...), so an aggregate's events stay in order while events of
+//! different aggregates of the same batch may appear out of commit order on the stream.
 //! Per-aggregate order holds too: a command loads its aggregate before its transaction
 //! begins, so the transaction that writes sequence n+1 starts (and takes its txid) after the
 //! one that wrote n committed.

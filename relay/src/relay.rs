@@ -89,6 +89,8 @@ pub struct Relay {
     name: String,
     batch_size: i64,
     replicas: usize,
+    /// When the backlog was last counted for the lag metric (see `publish_batch`).
+    counted_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Relay {
@@ -109,7 +111,18 @@ impl Relay {
             name,
             batch_size: batch_size.max(1),
             replicas,
+            counted_at: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether the backlog may be counted again (every two seconds at most).
+    fn due_for_count(&self) -> bool {
+        let mut last = self.counted_at.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(2));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// Publishes until `shutdown` fires. Never returns early on errors: it logs each change
@@ -254,10 +267,29 @@ impl Relay {
         // drops mid-batch, a lost message can therefore never be overtaken by a later event
         // of the same aggregate; the retry republishes from the checkpoint and JetStream
         // drops what it already has.
+        //
+        // Wave k holds each aggregate's k-th event of the batch (the sort is stable, so
+        // within a wave events keep their commit order): a batch costs as many round trips
+        // as its busiest aggregate has events, not one per interleaving. Each aggregate's
+        // events stay in order; events of different aggregates within one batch may be
+        // published out of commit order, which no consumer may rely on across aggregates
+        // anyway (every event store has its own relay).
+        let mut rank: HashMap<(String, String), usize> = HashMap::new();
+        let mut rows: Vec<(usize, StoredEvent)> = rows
+            .into_iter()
+            .map(|row| {
+                let seen = rank
+                    .entry((row.aggregate_type.clone(), row.aggregate_id.clone()))
+                    .or_insert(0);
+                *seen += 1;
+                (*seen, row)
+            })
+            .collect();
+        rows.sort_by_key(|(wave, _)| *wave);
         let mut wave: Vec<PublishAckFuture> = Vec::new();
         let mut wave_subjects: HashSet<String> = HashSet::new();
         let mut duplicates = 0u64;
-        for row in rows {
+        for (_, row) in rows {
             let envelope = row.into_envelope();
             let subject = self
                 .namespace
@@ -335,23 +367,31 @@ impl Relay {
         .await?;
         tx.commit().await?;
 
-        // Events still waiting: none when this batch drained the final ones; counted (by
-        // the relay's index) only when a full batch suggests a backlog.
-        let waiting: i64 = if (count as i64) < self.batch_size {
-            0
-        } else {
-            sqlx::query_scalar(
-                "SELECT count(*) FROM events WHERE (txid, global_position) > ($1::text::xid8, $2) \
-                 AND txid < pg_snapshot_xmin(pg_current_snapshot())",
+        // Events still waiting: none when this batch drained the final ones. When a full
+        // batch suggests a backlog they are counted (by the relay's index), but at most every
+        // two seconds: counting after every batch would make draining a backlog of n events
+        // cost O(n²).
+        let waiting: Option<i64> = if (count as i64) < self.batch_size {
+            Some(0)
+        } else if self.due_for_count() {
+            Some(
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM events WHERE (txid, global_position) > ($1::text::xid8, $2) \
+                     AND txid < pg_snapshot_xmin(pg_current_snapshot())",
+                )
+                .bind(&to.txid)
+                .bind(to.position)
+                .fetch_one(&self.pool)
+                .await?,
             )
-            .bind(&to.txid)
-            .bind(to.position)
-            .fetch_one(&self.pool)
-            .await?
+        } else {
+            None
         };
 
         let labels = [("relay", self.name.clone())];
-        metrics::gauge!("tillstream_relay_lag_events", &labels).set(waiting as f64);
+        if let Some(waiting) = waiting {
+            metrics::gauge!("tillstream_relay_lag_events", &labels).set(waiting as f64);
+        }
         metrics::counter!("tillstream_relay_published_total", &labels).increment(count as u64);
         metrics::counter!("tillstream_relay_republished_total", &labels).increment(duplicates);
         if let Some(oldest) = oldest {
