@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::json;
 use support::split::{Part, SplitPlatform};
-use support::{DEADLINE, graphql};
+use support::{DEADLINE, PASSWORD, authorized, graphql, place, register};
 use tillstream_testkit::process::service_binary;
 use tillstream_testkit::{eventually, nats_url};
 
@@ -110,5 +110,50 @@ async fn the_five_service_binaries_serve_together_as_separate_processes() {
     })
     .await;
     assert_eq!(user["orderCount"], 1);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_customer_orders_before_their_registration_is_projected() {
+    // No relay and no projector: nothing a command writes reaches the read model.
+    let platform = SplitPlatform::start(nats_url(), &[Part::User, Part::Order]).await;
+    let clients = platform.clients();
+    let id = clients
+        .users()
+        .await
+        .register_user(register("early@example.com", "early"))
+        .await
+        .expect("registered")
+        .into_inner()
+        .id;
+    let token = clients.login("early@example.com", PASSWORD).await;
+
+    // Their own token proves the account: the order is taken at once.
+    let placed = clients
+        .orders()
+        .await
+        .place_order(authorized(place(&id), &token))
+        .await;
+    assert!(placed.is_ok(), "the customer's own order: {placed:?}");
+
+    // An admin ordering for them has only the read model to go by, and it is empty.
+    let admin = clients.admin_token().await;
+    let refused = clients
+        .orders()
+        .await
+        .place_order(authorized(place(&id), &admin))
+        .await
+        .expect_err("the user is not in the read model");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("does not exist"), "{refused:?}");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&clients.reads)
+        .await
+        .expect("read model answers");
+    assert_eq!(users, 0, "nothing was projected");
     platform.stop().await;
 }

@@ -163,9 +163,9 @@ impl Clients {
     }
 
     /// Registers a customer, logs in, and waits until the read model knows the customer
-    /// (PlaceOrder checks the customer there, with only a short grace period; several
-    /// platforms starting at once on two cores can take longer than that to catch up):
-    /// (user id, token).
+    /// (an admin's PlaceOrder for them checks the customer there, with only a short grace
+    /// period; several platforms starting at once on two cores can take longer than that to
+    /// catch up): (user id, token).
     pub async fn customer(&self, name: &str) -> (String, String) {
         let email = format!("{name}@example.com");
         let id = self
