@@ -8,6 +8,33 @@
 use tillstream_events::{RequestMetric, ResourceSample};
 
 use crate::predictor::Predictor;
+use crate::window::Windows;
+
+/// What metrics are folded into: the live predictor, or bare windows (a recording).
+pub trait MetricSink {
+    /// Folds a request in; whether it was accepted.
+    fn add_request(&mut self, metric: &RequestMetric) -> bool;
+    /// Folds a resource sample in; whether it was accepted.
+    fn add_resource(&mut self, sample: &ResourceSample) -> bool;
+}
+
+impl MetricSink for Predictor {
+    fn add_request(&mut self, metric: &RequestMetric) -> bool {
+        Predictor::add_request(self, metric)
+    }
+    fn add_resource(&mut self, sample: &ResourceSample) -> bool {
+        Predictor::add_resource(self, sample)
+    }
+}
+
+impl MetricSink for Windows {
+    fn add_request(&mut self, metric: &RequestMetric) -> bool {
+        Windows::add_request(self, metric)
+    }
+    fn add_resource(&mut self, sample: &ResourceSample) -> bool {
+        Windows::add_resource(self, sample)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -35,7 +62,7 @@ fn kind(subject: &str) -> Option<&'static str> {
 /// Decodes one message and folds it into `predictor`'s windows. `Ok(false)`: read, but
 /// too late (or too far ahead) for any open window.
 pub fn ingest(
-    predictor: &mut Predictor,
+    predictor: &mut impl MetricSink,
     subject: &str,
     payload: &[u8],
 ) -> Result<bool, IngestError> {

@@ -24,6 +24,7 @@ pub mod ingest;
 pub mod model;
 pub mod outputs;
 pub mod predictor;
+pub mod record;
 pub mod rule;
 pub mod trace;
 pub mod window;

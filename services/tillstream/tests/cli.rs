@@ -224,3 +224,58 @@ fn predictor_trace_and_backtest() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn predictor_record_turns_the_metrics_stream_into_a_trace_for_the_backtest() {
+    let env = tillstream_testkit::TestEnv::new();
+    let (_, js) = env.jetstream().await;
+    // Two minutes of traffic at 3 requests/s, as the gateway reports it, a minute ago.
+    let start = chrono::Utc::now() - chrono::Duration::seconds(180);
+    let mut acks = Vec::new();
+    for i in 0..360 {
+        let metric = tillstream_events::RequestMetric {
+            service: "gateway".to_owned(),
+            instance: "gw-1".to_owned(),
+            operation: "order".to_owned(),
+            status: 200,
+            latency_us: 900,
+            bytes: 120,
+            at: start + chrono::Duration::milliseconds(i * 333),
+        };
+        acks.push(
+            js.publish(
+                env.namespace.request_metrics_subject("gateway"),
+                serde_json::to_vec(&metric).expect("JSON").into(),
+            )
+            .await
+            .expect("published"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    let file = env.data_dir.join("recorded.csv");
+    std::fs::create_dir_all(&env.data_dir).expect("data dir");
+    let path = file.to_str().expect("utf-8 path");
+    let (ok, text) = run(binary()
+        .args(["predictor", "record", "--out", path])
+        .env("TILLSTREAM_NATS_URL", nats_url())
+        .env("TILLSTREAM_NAMESPACE", env.namespace.prefix()));
+    assert!(ok, "{text}");
+    assert!(text.contains("from 360 messages (0 skipped)"), "{text}");
+    let trace = tillstream_predictor::trace::read(&file).expect("a trace the backtest reads");
+    let full: Vec<f64> = trace[1..trace.len() - 1].iter().map(|p| p.rate).collect();
+    assert!(
+        full.len() >= 10 && full.iter().all(|r| (r - 3.0).abs() < 0.15),
+        "whole windows hold 3 requests/s: {full:?}"
+    );
+    let (ok, text) = run(binary().args(["predictor", "backtest", "--trace", path]));
+    assert!(ok && text.contains("MAPE model"), "{text}");
+
+    let (ok, text) = run(binary()
+        .args(["predictor", "record", "--service", "nobody", "--out", path])
+        .env("TILLSTREAM_NATS_URL", nats_url())
+        .env("TILLSTREAM_NAMESPACE", env.namespace.prefix()));
+    assert!(!ok && text.contains("fewer than two windows"), "{text}");
+    env.cleanup().await;
+}

@@ -58,8 +58,8 @@ enum Command {
     /// Operate the read-model projections.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
-    /// The predictor's offline tools: backtest over load traces, trace generator, ingest
-    /// benchmark.
+    /// The predictor's offline tools: backtest over load traces, trace generator, recorder
+    /// of real traffic, ingest benchmark.
     #[command(subcommand)]
     Predictor(predictor::PredictorCommand),
     /// Sign an access token with the installation's private key (for service-to-service
@@ -87,7 +87,7 @@ impl Cli {
             Command::Setup(args) => setup::run(args).await,
             Command::Projections(command) => projections::run(command).await,
             Command::Token(args) => token::run(args),
-            Command::Predictor(command) => predictor::run(command),
+            Command::Predictor(command) => predictor::run(command).await,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `tillstream predictor backtest|trace|bench`: the predictor's offline tools.
+//! `tillstream predictor backtest|trace|record|bench`: the predictor's offline tools.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,10 @@ pub enum PredictorCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Record real traffic as a trace: read the METRICS stream (from its start, or since a
+    /// time) up to its current end, fold it into windows as the predictor does, and write
+    /// one service's series (CSV, or JSON when the file ends in .json) for `backtest`.
+    Record(RecordArgs),
     /// Measure ingest throughput (decode + windowing) on one core against plain decoding,
     /// and write the figures to bench/results/.
     Bench {
@@ -57,8 +61,26 @@ pub struct BacktestArgs {
     json: bool,
 }
 
-pub fn run(command: PredictorCommand) -> anyhow::Result<()> {
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    /// The series to record: a service's name, or `*` for every service together.
+    #[arg(long, default_value = "gateway")]
+    service: String,
+    /// Only messages stored at or after this time (RFC 3339); default the whole stream.
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Window width in seconds.
+    #[arg(long, default_value_t = 10)]
+    window_secs: u64,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    nats: tillstream_runtime::nats::NatsConfig,
+}
+
+pub async fn run(command: PredictorCommand) -> anyhow::Result<()> {
     match command {
+        PredictorCommand::Record(args) => record(args).await,
         PredictorCommand::Backtest(args) => {
             let (name, points) = match (&args.source.trace, args.source.synthetic) {
                 (Some(path), _) => (path.display().to_string(), trace::read(path)?),
@@ -107,6 +129,64 @@ pub fn run(command: PredictorCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn record(args: RecordArgs) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures::StreamExt as _;
+
+    anyhow::ensure!(args.window_secs >= 1, "--window-secs must be 1 or more");
+    let width = std::time::Duration::from_secs(args.window_secs);
+    let client = args.nats.connect("tillstream-record", true).await?;
+    let namespace = tillstream_events::Namespace::new(args.nats.namespace)?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream(namespace.stream("METRICS"))
+        .await
+        .context("the METRICS stream")?;
+    let end = stream.info().await?.state.last_sequence;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: namespace.metrics_wildcard(),
+            deliver_policy: match args.since {
+                Some(since) => DeliverPolicy::ByStartTime {
+                    start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
+                        since.timestamp_nanos_opt().unwrap_or_default(),
+                    ))?,
+                },
+                None => DeliverPolicy::All,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut recorder = tillstream_predictor::record::Recorder::new(width, width / 2);
+    if consumer.cached_info().num_pending > 0 {
+        let mut messages = consumer.messages().await?;
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            recorder.offer(&message.subject, &message.payload);
+            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            if info.pending == 0 || info.stream_sequence >= end {
+                break;
+            }
+        }
+    }
+    let (read, skipped) = (recorder.read, recorder.skipped);
+    let points = recorder.finish(&args.service);
+    anyhow::ensure!(
+        points.len() >= 2,
+        "{read} messages read, but fewer than two windows of `{}`: nothing to write",
+        args.service
+    );
+    trace::write(&args.out, &points)?;
+    println!(
+        "{} windows of {} s of `{}` from {read} messages ({skipped} skipped) written to {}",
+        points.len(),
+        args.window_secs,
+        args.service,
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn print_report(name: &str, report: &BacktestReport) {
