@@ -237,13 +237,17 @@ impl Relay {
             },
             |(txid, position)| Checkpoint { txid, position },
         );
+        // ORDER BY names the table's columns: the output column `txid` is text, and sorting
+        // by it would put txid 100 before 99 — the checkpoint would then pass 99's rows,
+        // which would never be published — and could not use the relay's index (a full
+        // scan and sort of the backlog for every batch).
         let rows: Vec<StoredEvent> = sqlx::query_as(
             "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
                     global_position, txid::text AS txid, recorded_at \
              FROM events \
              WHERE (txid, global_position) > ($1::text::xid8, $2) \
                AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY txid, global_position \
+             ORDER BY events.txid, events.global_position \
              LIMIT $3",
         )
         .bind(&from.txid)

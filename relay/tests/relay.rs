@@ -224,6 +224,42 @@ async fn an_event_committed_late_with_an_earlier_position_is_not_skipped() {
 }
 
 #[tokio::test]
+async fn transaction_ids_are_ordered_as_numbers_not_as_text() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("orders").await;
+    event_store::migrate(&pool).await.unwrap();
+    let (client, direct) = env.jetstream().await;
+    // Two finished transactions whose ids sort differently as text ("100" < "99").
+    for (aggregate_id, txid) in [("ninety-nine", "99"), ("hundred", "100")] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, txid) \
+             VALUES ('order', $1, 1, 'OrderPlaced', '2', '{\"OrderPlaced\": {}}', '{\"correlation_id\": \"t\"}', $2::text::xid8)",
+        )
+        .bind(aggregate_id)
+        .bind(txid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let relay = Relay::new(
+        pool.clone(),
+        client,
+        env.namespace.clone(),
+        "test".into(),
+        1,
+        1,
+    );
+    while relay.publish_batch().await.unwrap() > 0 {}
+    let order: Vec<String> = stream_contents(&direct, &env)
+        .await
+        .into_iter()
+        .map(|(_, e)| e.aggregate_id)
+        .collect();
+    assert_eq!(order, vec!["ninety-nine", "hundred"], "nothing skipped");
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn two_relays_on_one_store_publish_each_event_once_in_order() {
     let env = TestEnv::new();
     let (_, pool) = env.database("orders").await;
