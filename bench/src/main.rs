@@ -55,6 +55,9 @@ enum Command {
     /// The baselines (axum hello world, pgbench durable insert) and every scenario in one
     /// run, with ratios and the targets judged.
     Suite(suite::SuiteArgs),
+    /// Starts a fresh `tillstream up` (rate limit off) for an outside load tool such as
+    /// Locust, prints its addresses, and removes its databases and streams on Ctrl-C.
+    Serve,
 }
 
 #[tokio::main]
@@ -66,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Load(args) => ("load", load::run_load(args).await?),
         Command::Visibility(args) => ("visibility", load::run_visibility(args).await?),
         Command::Suite(args) => ("suite", suite::run(args).await?),
+        Command::Serve => return load::serve().await,
     };
     let document = serde_json::json!({
         "benchmark": name,

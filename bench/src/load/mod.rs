@@ -137,3 +137,18 @@ pub async fn run_visibility(args: VisibilityArgs) -> anyhow::Result<serde_json::
     platform.stop().await;
     result
 }
+
+/// `tillstream-bench serve`: a fresh platform until Ctrl-C, then cleaned away.
+pub async fn serve() -> anyhow::Result<()> {
+    let platform = RunningPlatform::start().await?;
+    println!("gateway   http://{}", platform.gateway);
+    println!(
+        "gRPC      users {}   orders {}",
+        platform.user_grpc, platform.order_grpc
+    );
+    println!("Ctrl-C stops it and removes its databases and streams");
+    let stopped = tokio::signal::ctrl_c().await;
+    println!("memory    {:?} MiB", platform.rss_mib());
+    platform.stop().await;
+    Ok(stopped?)
+}
