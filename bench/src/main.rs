@@ -1,16 +1,25 @@
-//! `tillstream-bench`: throughput of the log's two bulk paths, each next to a baseline
-//! measured in the same run on the same servers, so the figures compare as ratios.
+//! `tillstream-bench`: throughput of the log's two bulk paths, and the whole platform under
+//! load, each next to a baseline measured in the same run on the same servers, so the
+//! figures compare as ratios.
 //!
 //! ```sh
 //! cargo run --release -p tillstream-bench -- rebuild   # bench/results/rebuild-<time>.json
 //! cargo run --release -p tillstream-bench -- relay     # bench/results/relay-<time>.json
+//! # the load generator starts target/release/tillstream: build it first
+//! cargo build --release -p tillstream -p tillstream-bench
+//! target/release/tillstream-bench load --scenario graphql-order --users 100 --ramp 5 --duration 20
+//! target/release/tillstream-bench visibility --rate 1000 --duration 10
+//! target/release/tillstream-bench suite                # bench/results/suite-<time>.json
 //! ```
 //!
 //! Each run uses its own databases and NATS namespace (testkit) and removes them after.
 
+mod baseline;
+mod load;
 mod machine;
 mod rebuild;
 mod relay;
+mod suite;
 
 use std::path::PathBuf;
 
@@ -19,7 +28,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "tillstream-bench",
-    about = "Benchmarks of tillstream's relay and rebuild"
+    about = "Benchmarks of tillstream: relay, rebuild, and the platform under load"
 )]
 struct Cli {
     /// Where result files go.
@@ -37,6 +46,18 @@ enum Command {
     /// Relay throughput (committed rows to acknowledged JetStream messages), against
     /// publishing the same messages straight to JetStream.
     Relay(relay::Args),
+    /// One scenario against a fresh `tillstream up`: virtual users over GraphQL, REST or
+    /// gRPC; throughput, latency percentiles, errors.
+    Load(load::LoadArgs),
+    /// Command → visibility: orders placed at a fixed rate, each read back through
+    /// GraphQL as soon as it is visible.
+    Visibility(load::VisibilityArgs),
+    /// The baselines (axum hello world, pgbench durable insert) and every scenario in one
+    /// run, with ratios and the issue's targets judged.
+    Suite(suite::SuiteArgs),
+    /// Starts a fresh `tillstream up` (rate limit off) for an outside load tool such as
+    /// Locust, prints its addresses, and removes its databases and streams on Ctrl-C.
+    Serve,
 }
 
 #[tokio::main]
@@ -45,6 +66,10 @@ async fn main() -> anyhow::Result<()> {
     let (name, result) = match cli.command {
         Command::Rebuild(args) => ("rebuild", rebuild::run(args).await?),
         Command::Relay(args) => ("relay", relay::run(args).await?),
+        Command::Load(args) => ("load", load::run_load(args).await?),
+        Command::Visibility(args) => ("visibility", load::run_visibility(args).await?),
+        Command::Suite(args) => ("suite", suite::run(args).await?),
+        Command::Serve => return load::serve().await,
     };
     let document = serde_json::json!({
         "benchmark": name,

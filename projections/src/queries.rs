@@ -104,7 +104,7 @@ impl Reads {
         pool_size: u32,
     ) -> Result<Self, tillstream_runtime::StartError> {
         tillstream_runtime::postgres::ensure_database(url).await?;
-        let pool = tillstream_runtime::postgres::pool(url, pool_size)?;
+        let pool = tillstream_runtime::postgres::pool_planning_each_query(url, pool_size)?;
         crate::migrate(&pool).await?;
         Ok(Reads::new(pool))
     }

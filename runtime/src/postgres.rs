@@ -30,10 +30,29 @@ pub enum PostgresError {
 /// starts while Postgres is still coming up and recovers after Postgres restarts.
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
     let options = PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl)?;
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(max_connections).connect_lazy_with(options.disable_statement_logging()))
+}
+
+/// A pool like [`pool`] whose sessions plan each statement for the values it is given
+/// (`plan_cache_mode = force_custom_plan`), for the read models' queries.
+///
+/// Why: sqlx prepares every statement once per connection, and after five executions
+/// Postgres may keep a generic plan for it. A plan made while a table was small (a
+/// sequential scan of `order_items`) then stays while the table grows a hundredfold, as
+/// long as nothing re-analyzes it (with autovacuum off, nothing does); and optional filters
+/// (`$1 IS NULL OR user_id = $1`) can only use an index in a plan for the actual values.
+/// Planning these short queries costs far less than one wrong scan.
+pub fn pool_planning_each_query(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(PostgresError::InvalidUrl)?
+        .options([("plan_cache_mode", "force_custom_plan")]);
+    Ok(pool_options(max_connections).connect_lazy_with(options.disable_statement_logging()))
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.disable_statement_logging()))
 }
 
 /// Creates the database named in `url` when it does not exist, connecting to the

@@ -176,6 +176,11 @@ impl ChildProcess {
         &self.name
     }
 
+    /// The operating system's id of the running child (to read its `/proc` entry).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// How many times the process has been started.
     pub fn starts(&self) -> u32 {
         self.starts

@@ -1,0 +1,157 @@
+//! The platform under load: the all-in-one `tillstream up` binary as a child process, on
+//! fresh databases and a fresh NATS namespace, so its memory can be read from `/proc` and
+//! its CPU is not mixed with the load generator's runtime.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tillstream_testkit::process::{ChildProcess, free_addr};
+use tillstream_testkit::{TestEnv, nats_url, postgres_url};
+
+pub const ADMIN_EMAIL: &str = "admin@bench.local";
+pub const ADMIN_PASSWORD: &str = "an admin password for the bench";
+
+pub struct RunningPlatform {
+    pub env: TestEnv,
+    pub gateway: SocketAddr,
+    pub user_grpc: SocketAddr,
+    pub order_grpc: SocketAddr,
+    process: ChildProcess,
+}
+
+impl RunningPlatform {
+    /// Starts `tillstream up` (found next to this binary, or in `TILLSTREAM_BIN_DIR`) and
+    /// waits until the gateway is ready. The gateway's per-client rate limit is off: the
+    /// virtual users share a few customers' tokens.
+    pub async fn start() -> anyhow::Result<Self> {
+        let env = TestEnv::new();
+        for db in ["users", "orders", "reads"] {
+            env.database_url(db); // registered for cleanup; the platform creates them
+        }
+        let (gateway, user_grpc, order_grpc) = (free_addr(), free_addr(), free_addr());
+        let ops_base = free_port_run(6).context("no six consecutive free ports")?;
+        let mut process = ChildProcess::new("tillstream", binary("tillstream")?, &env.data_dir)
+            .arg("up")
+            .arg("--no-demo")
+            .arg(format!("--postgres-url={}", postgres_url()))
+            .arg(format!("--database-prefix={}", env.id))
+            .arg(format!("--nats-url={}", nats_url()))
+            .arg(format!("--namespace={}", env.namespace.prefix()))
+            .arg(format!("--data-dir={}", env.data_dir.display()))
+            .arg(format!("--gateway-http-addr={gateway}"))
+            .arg(format!("--user-grpc-addr={user_grpc}"))
+            .arg(format!("--order-grpc-addr={order_grpc}"))
+            .arg(format!("--ops-base-port={ops_base}"))
+            .arg("--rate-limit-per-second=0")
+            .arg(format!("--admin-email={ADMIN_EMAIL}"))
+            .env("TILLSTREAM_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .ready_url(format!("http://{gateway}/readyz"));
+        process.start();
+        process.wait_ready(Duration::from_secs(120)).await;
+        Ok(RunningPlatform {
+            env,
+            gateway,
+            user_grpc,
+            order_grpc,
+            process,
+        })
+    }
+
+    /// Resident memory of the platform process, in MiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_mib(&self) -> Option<f64> {
+        rss_mib(self.process.pid()?)
+    }
+
+    /// Waits until the order read model holds every order in the event store (after a
+    /// write-heavy phase, so the next one does not measure its backlog): the seconds it
+    /// took.
+    pub async fn settle(&self) -> anyhow::Result<f64> {
+        let started = std::time::Instant::now();
+        let store = self.env.connect("orders");
+        let reads = self.env.connect("reads");
+        let deadline = started + Duration::from_secs(300);
+        let outcome = loop {
+            let stored: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE aggregate_type = $1 AND sequence = 1",
+            )
+            .bind(tillstream_events::order::AGGREGATE_TYPE)
+            .fetch_one(&store)
+            .await?;
+            let read: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(&reads)
+                .await?;
+            if read >= stored {
+                break Ok(started.elapsed().as_secs_f64());
+            }
+            if std::time::Instant::now() > deadline {
+                break Err(anyhow::anyhow!(
+                    "read model has {read} of {stored} orders after 300 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        store.close().await;
+        reads.close().await;
+        outcome
+    }
+
+    /// The end of the platform's log, to explain errors.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+
+    /// Stops the platform and removes its databases, streams and data folder.
+    pub async fn stop(mut self) {
+        self.process.terminate();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.process.is_running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.process.kill();
+        self.env.cleanup().await;
+    }
+}
+
+/// `VmRSS` of a process, in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((kib / 1024.0 * 10.0).round() / 10.0)
+}
+
+/// A workspace binary: from `TILLSTREAM_BIN_DIR`, else next to this one (the same
+/// profile's target folder: build both with `cargo build --release -p tillstream -p
+/// tillstream-bench`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var("TILLSTREAM_BIN_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => std::env::current_exe()?
+            .parent()
+            .context("this binary has no folder")?
+            .to_path_buf(),
+    };
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} missing: build it with `cargo build --release -p tillstream -p tillstream-bench`",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The first of `n` consecutive free ports (the ops endpoints of `tillstream up`).
+fn free_port_run(n: u16) -> Option<u16> {
+    (0..200).find_map(|attempt| {
+        let base = 20_000 + ((std::process::id() as u16).wrapping_mul(7) % 20_000) + attempt * 13;
+        let all_free = (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        all_free.then_some(base)
+    })
+}
