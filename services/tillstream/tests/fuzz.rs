@@ -182,6 +182,10 @@ async fn generated_requests_never_get_a_server_error() {
         .text()
         .await
         .expect("SDL text");
+    assert!(
+        sdl.contains("type QueryRoot"),
+        "the SDL names the query root: {sdl}"
+    );
     let sdl_file = platform.env.data_dir.join("schema.graphql");
     std::fs::write(&sdl_file, sdl).expect("SDL file");
     let graphql_url = format!("http://{gateway}/graphql");
