@@ -28,6 +28,15 @@ pub enum Part {
 }
 
 impl Part {
+    /// Everything but the gateway: the command side, the log and the read models.
+    pub const BACKEND: [Part; 5] = [
+        Part::User,
+        Part::Order,
+        Part::UserRelay,
+        Part::OrderRelay,
+        Part::Projector,
+    ];
+
     pub const ALL: [Part; 6] = [
         Part::User,
         Part::Order,
