@@ -615,17 +615,33 @@ fn chaos_setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// What the chaos test kills: one of the platform's processes, or its (private) NATS server.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Process(Part),
+    Nats,
+}
+
+impl Victim {
+    fn name(self) -> String {
+        match self {
+            Victim::Process(part) => format!("{part:?}").to_lowercase(),
+            Victim::Nats => "nats".to_owned(),
+        }
+    }
+}
+
 /// Chaos: under a steady load of orders (two customers over gRPC, one through the
 /// gateway's REST mirror, every command with an idempotency key and retried with it),
-/// `kill -9` a randomly chosen process at a random point (after 1 to 8 more orders have
-/// been stored) and start it again, `TILLSTREAM_CHAOS_KILLS` times (default 6, the short
-/// form; every part is killed at least once when there are at least six kills). Then:
+/// `kill -9` a randomly chosen process (one of the six parts, or the test's own NATS
+/// server) at a random point (after 1 to 8 more orders have been stored) and start it
+/// again, `TILLSTREAM_CHAOS_KILLS` times (default 7, the short form: each once). Then:
 /// every acknowledged command is in the event store, no idempotency key has two effects,
 /// JetStream holds every event exactly once, and the read models equal a rebuild.
 /// `TILLSTREAM_CHAOS_SEED` replays a run's choices.
 #[tokio::test]
 async fn chaos_random_kills_under_load_lose_and_repeat_nothing() {
-    let kills_wanted = chaos_setting("TILLSTREAM_CHAOS_KILLS", 6) as usize;
+    let kills_wanted = chaos_setting("TILLSTREAM_CHAOS_KILLS", 7) as usize;
     let seed = chaos_setting(
         "TILLSTREAM_CHAOS_SEED",
         std::time::SystemTime::now()
@@ -635,7 +651,9 @@ async fn chaos_random_kills_under_load_lose_and_repeat_nothing() {
     )
     .max(1);
     let mut dice = Dice(seed);
-    let mut platform = SplitPlatform::start(nats_url(), &Part::ALL).await;
+    let env = TestEnv::new();
+    let mut nats = PrivateNats::start(&env.data_dir.join("nats")).await;
+    let mut platform = SplitPlatform::start_in(env, nats.url(), &Part::ALL).await;
     let clients = platform.clients();
     let buyers = customers(&clients, "chaos", 3).await;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -662,30 +680,39 @@ async fn chaos_random_kills_under_load_lose_and_repeat_nothing() {
             .await
             .expect("event store answers")
     };
-    // Each part once in a shuffled order, then random parts.
-    let mut victims: Vec<Part> = Vec::new();
+    // Each victim once in a shuffled order, then again, and so on.
+    let mut victims: Vec<Victim> = Vec::new();
     while victims.len() < kills_wanted {
-        let mut round = Part::ALL.to_vec();
+        let mut round: Vec<Victim> = Part::ALL.iter().map(|&p| Victim::Process(p)).collect();
+        round.push(Victim::Nats);
         while !round.is_empty() && victims.len() < kills_wanted {
             let pick = dice.roll(round.len() as u64) as usize;
             victims.push(round.swap_remove(pick));
         }
     }
     let mut kills = 0u32;
-    for &part in &victims {
+    for &victim in &victims {
         let before = placed().await;
         let more = 1 + dice.roll(8) as i64;
         eventually(DEADLINE, "orders flowing before the next kill", || async {
             (placed().await >= before + more).then_some(())
         })
         .await;
-        let status = platform.part(part).kill();
-        assert!(
-            status.as_ref().is_some_and(killed_by_sigkill),
-            "{part:?} was running until the kill, but had ended: {status:?}"
-        );
+        match victim {
+            Victim::Process(part) => {
+                let status = platform.part(part).kill();
+                assert!(
+                    status.as_ref().is_some_and(killed_by_sigkill),
+                    "{part:?} was running until the kill, but had ended: {status:?}"
+                );
+                platform.start_part(part, &[]).await;
+            }
+            Victim::Nats => {
+                nats.kill();
+                nats.restart().await;
+            }
+        }
         kills += 1;
-        platform.start_part(part, &[]).await;
     }
     // Some more orders with everything back, then the load stops.
     let before = placed().await;
@@ -733,11 +760,14 @@ async fn chaos_random_kills_under_load_lose_and_repeat_nothing() {
         stored.len(),
         "every order carries its idempotency key"
     );
-    let order = |p: &Part| format!("{p:?}").to_lowercase();
     let _ = writeln!(
         std::io::stderr(),
         "chaos: seed={seed} victims={}",
-        victims.iter().map(order).collect::<Vec<_>>().join(",")
+        victims
+            .iter()
+            .map(|v| v.name())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     verify(
         "chaos",
