@@ -26,6 +26,7 @@ use support::{Clients, DEADLINE, authorized, place};
 use tillstream_projections::checksum::checksum;
 use tillstream_proto::order::v1 as order_pb;
 use tillstream_testkit::nats_server::{NatsCluster, PrivateNats};
+use tillstream_testkit::postgres_server::PrivatePostgres;
 use tillstream_testkit::process::killed_by_sigkill;
 use tillstream_testkit::{TestEnv, eventually, nats_url};
 
@@ -620,6 +621,7 @@ fn chaos_setting(name: &str, default: u64) -> u64 {
 enum Victim {
     Process(Part),
     Nats,
+    Postgres,
 }
 
 impl Victim {
@@ -627,21 +629,23 @@ impl Victim {
         match self {
             Victim::Process(part) => format!("{part:?}").to_lowercase(),
             Victim::Nats => "nats".to_owned(),
+            Victim::Postgres => "postgres".to_owned(),
         }
     }
 }
 
 /// Chaos: under a steady load of orders (two customers over gRPC, one through the
 /// gateway's REST mirror, every command with an idempotency key and retried with it),
-/// `kill -9` a randomly chosen process (one of the six parts, or the test's own NATS
-/// server) at a random point (after 1 to 8 more orders have been stored) and start it
-/// again, `TILLSTREAM_CHAOS_KILLS` times (default 7, the short form: each once). Then:
+/// `kill -9` a randomly chosen process (one of the six parts, or the test's own NATS or
+/// PostgreSQL server) at a random point (after 1 to 8 more orders have been stored) and
+/// start it again, `TILLSTREAM_CHAOS_KILLS` times (default 8, the short form: each once).
+/// Then:
 /// every acknowledged command is in the event store, no idempotency key has two effects,
 /// JetStream holds every event exactly once, and the read models equal a rebuild.
 /// `TILLSTREAM_CHAOS_SEED` replays a run's choices.
 #[tokio::test]
 async fn chaos_random_kills_under_load_lose_and_repeat_nothing() {
-    let kills_wanted = chaos_setting("TILLSTREAM_CHAOS_KILLS", 7) as usize;
+    let kills_wanted = chaos_setting("TILLSTREAM_CHAOS_KILLS", 8) as usize;
     let seed = chaos_setting(
         "TILLSTREAM_CHAOS_SEED",
         std::time::SystemTime::now()
@@ -653,6 +657,8 @@ async fn chaos_random_kills_under_load_lose_and_repeat_nothing() {
     let mut dice = Dice(seed);
     let env = TestEnv::new();
     let mut nats = PrivateNats::start(&env.data_dir.join("nats")).await;
+    let mut postgres = PrivatePostgres::start(&env.data_dir.join("postgres")).await;
+    let env = env.on_postgres(postgres.url());
     let mut platform = SplitPlatform::start_in(env, nats.url(), &Part::ALL).await;
     let clients = platform.clients();
     let buyers = customers(&clients, "chaos", 3).await;
@@ -684,7 +690,7 @@ async fn chaos_random_kills_under_load_lose_and_repeat_nothing() {
     let mut victims: Vec<Victim> = Vec::new();
     while victims.len() < kills_wanted {
         let mut round: Vec<Victim> = Part::ALL.iter().map(|&p| Victim::Process(p)).collect();
-        round.push(Victim::Nats);
+        round.extend([Victim::Nats, Victim::Postgres]);
         while !round.is_empty() && victims.len() < kills_wanted {
             let pick = dice.roll(round.len() as u64) as usize;
             victims.push(round.swap_remove(pick));
@@ -710,6 +716,10 @@ async fn chaos_random_kills_under_load_lose_and_repeat_nothing() {
             Victim::Nats => {
                 nats.kill();
                 nats.restart().await;
+            }
+            Victim::Postgres => {
+                postgres.kill();
+                postgres.restart().await;
             }
         }
         kills += 1;
