@@ -9,12 +9,15 @@
 //! - [`workload`] makes a synthetic log of customers and orders and publishes it.
 //! - [`process`] runs the real service binaries as children of a test (start, await
 //!   `/readyz`, `kill -9`, restart, logs on failure); [`nats_server::PrivateNats`] is a
-//!   `nats-server` of the test's own that it may kill and restart on the same store.
+//!   `nats-server` of the test's own that it may kill and restart on the same store, and
+//!   [`postgres_server::PrivatePostgres`] the same for PostgreSQL
+//!   ([`TestEnv::on_postgres`] puts a test's databases there).
 //!
 //! `TILLSTREAM_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! `TILLSTREAM_TEST_NATS_URL` (default `nats://127.0.0.1:4222`) point at the servers.
 
 pub mod nats_server;
+pub mod postgres_server;
 pub mod process;
 pub mod workload;
 
@@ -41,6 +44,8 @@ pub struct TestEnv {
     pub id: String,
     pub namespace: Namespace,
     pub data_dir: std::path::PathBuf,
+    /// The server the databases live on (the machine's, unless [`TestEnv::on_postgres`]).
+    postgres: String,
     databases: std::sync::Mutex<Vec<String>>,
 }
 
@@ -52,8 +57,15 @@ impl TestEnv {
             namespace: Namespace::new(id.clone()).expect("generated namespaces are valid"),
             data_dir,
             id,
+            postgres: postgres_url(),
             databases: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// This environment with its databases on the server at `url` (a private one).
+    pub fn on_postgres(mut self, url: String) -> Self {
+        self.postgres = url;
+        self
     }
 
     /// The URL of this test's database `<id>_<suffix>` (created on first use by the apps,
@@ -64,12 +76,12 @@ impl TestEnv {
             .lock()
             .expect("not poisoned")
             .push(name.clone());
-        postgres::with_database(&postgres_url(), &name).expect("test Postgres URL is valid")
+        postgres::with_database(&self.postgres, &name).expect("test Postgres URL is valid")
     }
 
     /// A pool on this test's database `<id>_<suffix>`, which something else created.
     pub fn connect(&self, suffix: &str) -> sqlx_pool::PgPool {
-        let url = postgres::with_database(&postgres_url(), &format!("{}_{suffix}", self.id))
+        let url = postgres::with_database(&self.postgres, &format!("{}_{suffix}", self.id))
             .expect("test Postgres URL is valid");
         postgres::pool(&url, 5).expect("pool")
     }
@@ -98,7 +110,7 @@ impl TestEnv {
     pub async fn cleanup(self) {
         let names = self.databases.lock().expect("not poisoned").clone();
         for name in names {
-            if let Ok(url) = postgres::with_database(&postgres_url(), &name) {
+            if let Ok(url) = postgres::with_database(&self.postgres, &name) {
                 let _ = postgres::drop_database(&url).await;
             }
         }

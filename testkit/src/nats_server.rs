@@ -155,3 +155,174 @@ impl PrivateNats {
         }
     }
 }
+
+/// A private three-node JetStream cluster on loopback (what `nats/cluster/` configures on
+/// fixed ports, here on free ones): each node its own client, route and monitoring port
+/// and store folder, so a test can stop one node, start it again on its store, and ask
+/// each node what its own copy of a stream holds (`/jsz` on its monitoring port).
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    name: String,
+    process: ChildProcess,
+    port: u16,
+    monitor: u16,
+}
+
+/// One node's own copy of a stream, from its monitoring endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStreamState {
+    pub messages: u64,
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+}
+
+impl NatsCluster {
+    /// Starts three nodes (`n1`…`n3`, logs and stores under `dir`) and waits until they
+    /// are routed to each other and JetStream has elected its meta leader.
+    pub async fn start(dir: &Path) -> Self {
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, &(port, route, monitor)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let node_dir = dir.join(&name);
+            let store = node_dir.join("store");
+            std::fs::create_dir_all(&store).expect("NATS store folder");
+            let file = node_dir.join("nats-server.conf");
+            std::fs::write(
+                &file,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: tillstream-test\n listen: 127.0.0.1:{route}\n routes: [{}] }}\n",
+                    store.display(),
+                    routes.join(", ")
+                ),
+            )
+            .expect("NATS config file");
+            let process = ChildProcess::new(&name, nats_server_binary(), &node_dir)
+                .arg("-c")
+                .arg(file.display().to_string());
+            nodes.push(ClusterNode {
+                name,
+                process,
+                port,
+                monitor,
+            });
+        }
+        for node in &mut nodes {
+            node.process.start();
+        }
+        let mut cluster = NatsCluster { nodes };
+        for i in 0..3 {
+            cluster.wait_node_ready(i, Duration::from_secs(30)).await;
+        }
+        cluster
+    }
+
+    /// The client URL of node `i` (0-based); clients learn the other nodes from it.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    /// The node whose `server_name` is `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].process.kill();
+    }
+
+    /// Starts node `i` again on its ports and store, and waits until it is routed to the
+    /// others and sees the meta leader.
+    pub async fn restart(&mut self, i: usize) {
+        self.nodes[i].process.kill();
+        self.nodes[i].process.start();
+        self.wait_node_ready(i, Duration::from_secs(30)).await;
+    }
+
+    /// Node `i`'s own copy of `stream` (None when the node holds no copy of it).
+    pub async fn node_stream_state(&self, i: usize, stream: &str) -> Option<NodeStreamState> {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
+            self.nodes[i].monitor
+        );
+        let jsz: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        let accounts = jsz["account_details"].as_array()?;
+        let detail = accounts
+            .iter()
+            .filter_map(|a| a["stream_detail"].as_array())
+            .flatten()
+            .find(|s| s["name"] == stream)?;
+        let state = &detail["state"];
+        Some(NodeStreamState {
+            messages: state["messages"].as_u64()?,
+            first_sequence: state["first_seq"].as_u64()?,
+            last_sequence: state["last_seq"].as_u64()?,
+        })
+    }
+
+    async fn wait_node_ready(&mut self, i: usize, deadline: Duration) {
+        let start = Instant::now();
+        let monitor = self.nodes[i].monitor;
+        loop {
+            let node = &mut self.nodes[i];
+            assert!(
+                node.process.is_running(),
+                "{} exited; its log ends:\n{}",
+                node.name,
+                node.process.log_tail(30)
+            );
+            let routes = async {
+                let routez: serde_json::Value =
+                    reqwest::get(format!("http://127.0.0.1:{monitor}/routez"))
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                routez["num_routes"].as_u64()
+            };
+            let leader = async {
+                let jsz: serde_json::Value =
+                    reqwest::get(format!("http://127.0.0.1:{monitor}/jsz"))
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                jsz["meta_cluster"]["leader"]
+                    .as_str()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+            };
+            let (routes, leader) = tokio::join!(routes, leader);
+            // Routes are counted per connection, at least one to each other node.
+            if routes.is_some_and(|r| r >= 2) && leader.is_some() {
+                return;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "{} not routed to the others or without a meta leader after {deadline:?} \
+                 (routes {routes:?}, leader {leader:?}); its log ends:\n{}",
+                node.name,
+                node.process.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -8,6 +8,7 @@ use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, Graph
 use axum::Router;
 use axum::extract::State;
 use axum::extract::WebSocketUpgrade;
+use axum::http::header;
 use axum::middleware::from_fn_with_state;
 use axum::response::Html;
 use axum::response::IntoResponse;
@@ -62,7 +63,19 @@ pub fn router(
     } else {
         post(execute)
     };
-    Router::new()
+    let mut router = Router::new();
+    if limits.graphql_introspection {
+        // The schema as SDL, for tools that cannot send the deep standard introspection
+        // query past the depth limit (schemathesis, code generators).
+        let sdl = schema.sdl();
+        router = router.route(
+            "/graphql/schema.graphql",
+            get(
+                move || async move { ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], sdl) },
+            ),
+        );
+    }
+    router
         .route("/graphql", graphql)
         .with_state(schema.clone())
         .route(

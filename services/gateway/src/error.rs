@@ -142,6 +142,17 @@ impl From<tonic::Status> for ApiError {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 ApiError::Unavailable(message)
             }
+            // A status the client made itself from a failed transport (the service died
+            // mid-call, reset the connection) carries that error as its source; one the
+            // service sent never does. The service may be restarting: the caller retries,
+            // with the same idempotency key, since the command may have been applied.
+            Code::Unknown | Code::Internal if std::error::Error::source(&status).is_some() => {
+                tracing::warn!(code = ?status.code(), %message, "command service unreachable");
+                ApiError::Unavailable(
+                    "the command service did not answer; retry with the same idempotency key"
+                        .to_owned(),
+                )
+            }
             code => {
                 tracing::error!(?code, %message, "command service failed");
                 ApiError::Internal
@@ -210,5 +221,22 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the chaos test: the order service killed during a REST `POST /orders`
+    /// made the gateway answer 500 INTERNAL; a client must be told to retry.
+    #[test]
+    fn a_transport_failure_is_unavailable_and_a_sent_unknown_is_internal() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        let broken = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert_eq!(ApiError::from(broken).code(), "UNAVAILABLE");
+        let sent = tonic::Status::unknown("the service said so");
+        assert_eq!(ApiError::from(sent).code(), "INTERNAL");
     }
 }

@@ -181,7 +181,8 @@ fn paged<T>(
 }
 
 /// Reads with `load` until the row has at least `min_version` (when asked), for at most
-/// `wait`; then says plainly that the write is not visible yet.
+/// `wait`; then says plainly that the write is not visible yet. A `min_version` below 1
+/// (versions start at 1) is bad input, answered at once.
 async fn read_your_write<T, F, Fut>(
     min_version: Option<i64>,
     wait: Duration,
@@ -192,6 +193,12 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, sqlx::Error>>,
 {
+    if min_version.is_some_and(|v| v < 1) {
+        return Err(ApiError::field(
+            "min_version",
+            "must be at least 1 (the first version of an aggregate)",
+        ));
+    }
     let deadline = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_millis(5);
     loop {
@@ -605,6 +612,32 @@ mod tests {
             decode_cursor(&encode_cursor(USER_CURSOR, id), ORDER_CURSOR).is_err(),
             "a user cursor is not an order cursor"
         );
+    }
+
+    /// Found by fuzzing: `min_version=-9223372036854775808` on an unknown order waited 2 s
+    /// and answered 503 UNAVAILABLE, as if the version could still arrive.
+    #[tokio::test]
+    async fn min_versions_below_one_are_bad_input_at_once() {
+        for bad in [0, -1, i64::MIN] {
+            let answer = read_your_write(
+                Some(bad),
+                Duration::from_secs(3600),
+                || async { Ok::<Option<i64>, sqlx::Error>(None) },
+                |version| *version,
+            )
+            .await;
+            let error = answer.expect_err("refused");
+            assert_eq!(error.code(), "BAD_USER_INPUT", "{bad}: {error}");
+        }
+        let found = read_your_write(
+            Some(1),
+            Duration::from_secs(3600),
+            || async { Ok::<Option<i64>, sqlx::Error>(Some(1)) },
+            |version| *version,
+        )
+        .await
+        .expect("version 1 is there");
+        assert_eq!(found, Some(1));
     }
 
     #[test]

@@ -254,6 +254,14 @@ async fn oversized_deep_complex_and_introspecting_requests_are_refused_with_code
     );
     let graphiql = http.get(&url).send().await.unwrap();
     assert_eq!(graphiql.status(), 405);
+    // Nor is the schema served as SDL (tests/fuzz.rs reads it when introspection is on).
+    let sdl = http
+        .get(format!("{url}/schema.graphql"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sdl.status(), 404);
 
     // A body over the limit: 413 with the API's JSON error, on GraphQL and on REST.
     let padding = "x".repeat(4096);

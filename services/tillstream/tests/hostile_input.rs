@@ -253,5 +253,18 @@ async fn hostile_grpc_input_gets_clear_statuses_and_changes_nothing() {
     .await
     .unwrap();
     assert_eq!(events, 1, "only the valid order was stored");
+
+    // Found by fuzzing: a NUL in the login email made the user store's query fail, and the
+    // answer was UNAVAILABLE ("retry") instead of a refused login.
+    let login = platform
+        .users()
+        .await
+        .login(user_pb::LoginRequest {
+            email: "hostile\0@example.com".into(),
+            password: "a long enough password".into(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(login.code(), Code::Unauthenticated, "{login:?}");
     platform.stop().await;
 }

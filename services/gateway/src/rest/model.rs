@@ -273,5 +273,7 @@ pub struct OrderListParams {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReadParams {
+    /// Wait up to 2 s for the read model to reach this version (from 1).
+    #[param(minimum = 1)]
     pub min_version: Option<i64>,
 }

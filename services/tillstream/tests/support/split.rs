@@ -28,6 +28,15 @@ pub enum Part {
 }
 
 impl Part {
+    /// Everything but the gateway: the command side, the log and the read models.
+    pub const BACKEND: [Part; 5] = [
+        Part::User,
+        Part::Order,
+        Part::UserRelay,
+        Part::OrderRelay,
+        Part::Projector,
+    ];
+
     pub const ALL: [Part; 6] = [
         Part::User,
         Part::Order,
@@ -62,6 +71,17 @@ impl SplitPlatform {
     /// Like [`SplitPlatform::start`], in an environment the test made (whose data folder
     /// already holds, say, a private NATS server's store).
     pub async fn start_in(env: TestEnv, nats_url: String, running: &[Part]) -> Self {
+        Self::start_with_env(env, nats_url, &[], running).await
+    }
+
+    /// Like [`SplitPlatform::start_in`], with `shared` in every process's environment
+    /// (`TILLSTREAM_STREAM_REPLICAS=3` against a cluster, say).
+    pub async fn start_with_env(
+        env: TestEnv,
+        nats_url: String,
+        shared: &[(&str, &str)],
+        running: &[Part],
+    ) -> Self {
         let (users_db, orders_db, reads_db) = (
             env.database_url("users"),
             env.database_url("orders"),
@@ -78,12 +98,16 @@ impl SplitPlatform {
                 _ => format!("http://{}/readyz", ops[&part]),
             };
             let name = format!("{part:?}").to_lowercase();
-            ChildProcess::new(&name, service_binary(binary), &logs)
+            let mut process = ChildProcess::new(&name, service_binary(binary), &logs)
                 .env("TILLSTREAM_NATS_URL", nats_url.clone())
                 .env("TILLSTREAM_NAMESPACE", env.namespace.prefix())
                 .env("TILLSTREAM_DATA_DIR", data_dir.clone())
                 .env("TILLSTREAM_DB_POOL_SIZE", "4")
-                .ready_url(ready)
+                .ready_url(ready);
+            for (key, value) in shared {
+                process = process.env(key, *value);
+            }
+            process
         };
         let relay = |part: Part, database: &str| {
             process(part, "tillstream-relay")
