@@ -1,4 +1,5 @@
-//! The projector loop: a durable pull consumer on EVENTS, one transaction per event.
+//! The projector loop: a durable pull consumer on EVENTS; what has arrived is applied in
+//! one transaction, each event with its per-aggregate checkpoint.
 
 use std::time::Duration;
 
@@ -166,8 +167,9 @@ impl Projector {
         }
     }
 
-    /// Applies a batch in one transaction; each event under its own savepoint, so one
-    /// event's failure does not undo the others. Acks go out after the commit.
+    /// Applies a batch in one transaction, and again with a savepoint per event when an
+    /// event fails, so one event's failure does not undo the others. Acks go out after the
+    /// commit.
     async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
         if messages.is_empty() {
             return;
@@ -199,46 +201,72 @@ impl Projector {
                 }
             }
         }
-        let mut outcomes = Vec::with_capacity(decoded.len());
-        let committed = async {
-            let mut tx = self.pool.begin().await?;
-            for (message, envelope) in &decoded {
-                // Each event's work continues the trace its `traceparent` header names.
-                let span = if telemetry::exporting() {
-                    tracing::info_span!(
-                        "projector.apply",
-                        otel.kind = "consumer",
-                        messaging.system = "nats",
-                        messaging.message.id = %envelope.message_id(),
-                        correlation_id = %envelope.metadata.correlation_id,
-                    )
-                } else {
-                    tracing::Span::none()
-                };
-                trace_context::continue_from(
-                    &span,
-                    trace_context::from_nats(message.headers.as_ref()).as_ref(),
-                );
-                outcomes.push(apply_in(&mut tx, envelope).instrument(span).await);
+        // First without savepoints (two round trips per event fewer); if an event fails,
+        // that transaction is dropped and the batch is applied again with one savepoint per
+        // event, so the failure is the failing event's alone.
+        let committed = match self.apply_batch(&decoded, false).await {
+            Ok(None) => self.apply_batch(&decoded, true).await,
+            other => other,
+        };
+        let outcomes = match committed {
+            Ok(outcomes) => outcomes.unwrap_or_default(),
+            Err(error) => {
+                // Nothing of the batch is in the read models: every event is delivered again.
+                tracing::warn!(%error, "read-model transaction failed; retrying the batch");
+                for (message, _) in &decoded {
+                    let delay = self.retry.delay(delivered(message));
+                    self.acknowledge(message, AckKind::Nak(Some(delay))).await;
+                }
+                return;
             }
-            tx.commit().await
-        }
-        .await;
-        if let Err(error) = committed {
-            // Nothing of the batch is in the read models: every event is delivered again.
-            tracing::warn!(%error, "read-model transaction failed; retrying the batch");
-            for (message, _) in &decoded {
-                let delay = self.retry.delay(delivered(message));
-                self.acknowledge(message, AckKind::Nak(Some(delay))).await;
-            }
-            return;
-        }
+        };
         // The batch is in the read models and JetStream does not know: a crash here has the
         // batch redelivered, and skipped as duplicates (tests/faults.rs in the tillstream crate).
         tillstream_runtime::failpoint::point("projector.before_ack");
         for ((message, envelope), outcome) in decoded.iter().zip(outcomes) {
             self.settle(message, envelope, outcome).await;
         }
+    }
+
+    /// Applies `decoded` in one transaction and commits it: each event's outcome. Guarded,
+    /// each event under its own savepoint. Unguarded, `None` when an event failed (nothing
+    /// is committed then).
+    async fn apply_batch(
+        &self,
+        decoded: &[(jetstream::Message, EventEnvelope)],
+        guarded: bool,
+    ) -> Result<Option<Vec<Result<ApplyOutcome, ApplyError>>>, sqlx::Error> {
+        let mut outcomes = Vec::with_capacity(decoded.len());
+        let mut tx = self.pool.begin().await?;
+        for (message, envelope) in decoded {
+            // Each event's work continues the trace its `traceparent` header names.
+            let span = if telemetry::exporting() {
+                tracing::info_span!(
+                    "projector.apply",
+                    otel.kind = "consumer",
+                    messaging.system = "nats",
+                    messaging.message.id = %envelope.message_id(),
+                    correlation_id = %envelope.metadata.correlation_id,
+                )
+            } else {
+                tracing::Span::none()
+            };
+            trace_context::continue_from(
+                &span,
+                trace_context::from_nats(message.headers.as_ref()).as_ref(),
+            );
+            let outcome = if guarded {
+                apply_in(&mut tx, envelope).instrument(span).await
+            } else {
+                apply_unguarded(&mut tx, envelope).instrument(span).await
+            };
+            if !guarded && outcome.is_err() {
+                return Ok(None); // dropping `tx` rolls it back
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(Some(outcomes))
     }
 
     /// Acknowledges one event of a committed batch according to what happened to it.
@@ -377,50 +405,10 @@ pub(crate) async fn apply_in(
     tx: &mut Transaction<'_, Postgres>,
     event: &EventEnvelope,
 ) -> Result<ApplyOutcome, ApplyError> {
-    let sequence = event.sequence as i64;
     let mut savepoint = tx.begin().await?;
-    let claimed: Option<i64> = if sequence == 1 {
-        sqlx::query_scalar(
-            "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence) \
-             VALUES ($1, $2, $3, 1) ON CONFLICT DO NOTHING RETURNING sequence",
-        )
-        .bind(PROJECTION)
-        .bind(&event.aggregate_type)
-        .bind(&event.aggregate_id)
-        .fetch_optional(&mut *savepoint)
-        .await?
-    } else {
-        sqlx::query_scalar(
-            "UPDATE projection_checkpoints SET sequence = $4 \
-             WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence = $4 - 1 \
-             RETURNING sequence",
-        )
-        .bind(PROJECTION)
-        .bind(&event.aggregate_type)
-        .bind(&event.aggregate_id)
-        .bind(sequence)
-        .fetch_optional(&mut *savepoint)
-        .await?
-    };
-    if claimed.is_none() {
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT sequence FROM projection_checkpoints \
-             WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3",
-        )
-        .bind(PROJECTION)
-        .bind(&event.aggregate_type)
-        .bind(&event.aggregate_id)
-        .fetch_optional(&mut *savepoint)
-        .await?;
+    if let Some(outcome) = claim(&mut savepoint, event).await? {
         savepoint.rollback().await?;
-        let current = current.unwrap_or(0);
-        return Ok(if current >= sequence {
-            ApplyOutcome::Duplicate
-        } else {
-            ApplyOutcome::Gap {
-                expected: current as u64 + 1,
-            }
-        });
+        return Ok(outcome);
     }
     match read_model::apply(&mut savepoint, event).await {
         Ok(()) => {
@@ -432,4 +420,71 @@ pub(crate) async fn apply_in(
             Err(error)
         }
     }
+}
+
+/// Like [`apply_in`] without a savepoint of its own, two round trips cheaper. A duplicate or
+/// a gap changes nothing, as there; but after an error `tx` may hold part of the event's
+/// work (or be aborted) and must be rolled back.
+async fn apply_unguarded(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+) -> Result<ApplyOutcome, ApplyError> {
+    if let Some(outcome) = claim(tx, event).await? {
+        return Ok(outcome);
+    }
+    read_model::apply(tx, event).await?;
+    Ok(ApplyOutcome::Applied)
+}
+
+/// Advances the aggregate's checkpoint to `event` when `event` is the next one: `None`.
+/// Otherwise nothing changes and the answer says why (already applied, or an earlier event
+/// is missing).
+async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &EventEnvelope,
+) -> Result<Option<ApplyOutcome>, ApplyError> {
+    let sequence = event.sequence as i64;
+    let claimed: Option<i64> = if sequence == 1 {
+        sqlx::query_scalar(
+            "INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence) \
+             VALUES ($1, $2, $3, 1) ON CONFLICT DO NOTHING RETURNING sequence",
+        )
+        .bind(PROJECTION)
+        .bind(&event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .fetch_optional(&mut **tx)
+        .await?
+    } else {
+        sqlx::query_scalar(
+            "UPDATE projection_checkpoints SET sequence = $4 \
+             WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence = $4 - 1 \
+             RETURNING sequence",
+        )
+        .bind(PROJECTION)
+        .bind(&event.aggregate_type)
+        .bind(&event.aggregate_id)
+        .bind(sequence)
+        .fetch_optional(&mut **tx)
+        .await?
+    };
+    if claimed.is_some() {
+        return Ok(None);
+    }
+    let current: Option<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM projection_checkpoints \
+         WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+    )
+    .bind(PROJECTION)
+    .bind(&event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let current = current.unwrap_or(0);
+    Ok(Some(if current >= sequence {
+        ApplyOutcome::Duplicate
+    } else {
+        ApplyOutcome::Gap {
+            expected: current as u64 + 1,
+        }
+    }))
 }
