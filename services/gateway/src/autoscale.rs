@@ -100,14 +100,15 @@ impl Autoscale {
             .js
             .get_stream(self.namespace.stream("AUTOSCALE"))
             .await?;
-        let mut consumer = stream
+        let consumer = stream
             .create_consumer(OrderedConfig {
                 filter_subject: subject,
                 deliver_policy: policy,
                 ..Default::default()
             })
             .await?;
-        if consumer.info().await?.num_pending == 0 {
+        // The creation's answer already says how many messages wait.
+        if consumer.cached_info().num_pending == 0 {
             return Ok(kept);
         }
         let mut messages = consumer.messages().await?;

@@ -140,11 +140,12 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     let client = args.nats.connect("tillstream-record", true).await?;
     let namespace = tillstream_events::Namespace::new(args.nats.namespace)?;
     let js = async_nats::jetstream::new(client);
-    let mut stream = js
+    let stream = js
         .get_stream(namespace.stream("METRICS"))
         .await
         .context("the METRICS stream")?;
-    let end = stream.info().await?.state.last_sequence;
+    // The stream's end as get_stream just read it: the recording stops there.
+    let end = stream.cached_info().state.last_sequence;
     let consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: namespace.metrics_wildcard(),
