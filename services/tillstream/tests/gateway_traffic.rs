@@ -7,8 +7,8 @@ mod support;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use support::{DEADLINE, TestPlatform};
-use tillstream_events::{LoadForecast, RequestMetric, ScalingDecision, ScalingDirection};
+use support::{DEADLINE, TestPlatform, forecast};
+use tillstream_events::{RequestMetric, ScalingDecision, ScalingDirection};
 
 async fn graphql(http: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> Value {
     let mut request = http.post(url).json(&body);
@@ -293,22 +293,6 @@ async fn oversized_deep_complex_and_introspecting_requests_are_refused_with_code
         .unwrap();
     assert_eq!(response.status(), 413);
     platform.stop().await;
-}
-
-fn forecast(service: &str, minute: i64, rate: f64) -> LoadForecast {
-    LoadForecast {
-        service: service.to_owned(),
-        at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(minute),
-        horizon_secs: 300,
-        measured_rate: rate,
-        measured_cpu_percent: Some(40.0),
-        forecast_rate: rate * 2.0,
-        forecast_cpu_percent: Some(80.0),
-        rate_mape: Some(0.1),
-        cpu_mape: None,
-        confidence: 0.9,
-        desired_replicas: 2,
-    }
 }
 
 fn decision(service: &str, to: u32) -> ScalingDecision {

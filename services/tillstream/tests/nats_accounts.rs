@@ -200,19 +200,7 @@ async fn each_service_logs_in_as_its_own_nats_user_with_only_what_it_needs() {
 
     // The predictor publishes forecasts; the gateway reads them for loadForecast.
     let predictor = async_nats::jetstream::new(server.connect("predictor").await);
-    let forecast = tillstream_events::LoadForecast {
-        service: "order".to_owned(),
-        at: chrono::Utc::now(),
-        horizon_secs: 300,
-        measured_rate: 3.0,
-        measured_cpu_percent: None,
-        forecast_rate: 4.0,
-        forecast_cpu_percent: None,
-        rate_mape: None,
-        cpu_mape: None,
-        confidence: 0.0,
-        desired_replicas: 1,
-    };
+    let forecast = support::forecast("order", 1, 3.0);
     predictor
         .publish(
             Namespace::default().autoscale_forecast_subject("order"),

@@ -113,19 +113,7 @@ async fn every_operation_for_every_kind_of_caller() {
     let client = async_nats::connect(tillstream_testkit::nats_url())
         .await
         .unwrap();
-    let forecast = tillstream_events::LoadForecast {
-        service: "rbac".to_owned(),
-        at: chrono::Utc::now(),
-        horizon_secs: 300,
-        measured_rate: 1.0,
-        measured_cpu_percent: None,
-        forecast_rate: 1.0,
-        forecast_cpu_percent: None,
-        rate_mape: None,
-        cpu_mape: None,
-        confidence: 0.0,
-        desired_replicas: 1,
-    };
+    let forecast = support::forecast("rbac", 1, 1.0);
     async_nats::jetstream::new(client)
         .publish(
             platform.env.namespace.autoscale_forecast_subject("rbac"),

@@ -224,6 +224,24 @@ pub async fn graphql(
         .expect("JSON body")
 }
 
+/// A forecast as the predictor publishes it: `rate` requests/s measured, twice that
+/// forecast, at `minute` minutes past the epoch.
+pub fn forecast(service: &str, minute: i64, rate: f64) -> tillstream_events::LoadForecast {
+    tillstream_events::LoadForecast {
+        service: service.to_owned(),
+        at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::minutes(minute),
+        horizon_secs: 300,
+        measured_rate: rate,
+        measured_cpu_percent: Some(40.0),
+        forecast_rate: rate * 2.0,
+        forecast_cpu_percent: Some(80.0),
+        rate_mape: Some(0.1),
+        cpu_mape: None,
+        confidence: 0.9,
+        desired_replicas: 2,
+    }
+}
+
 pub fn authorized<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
