@@ -5,9 +5,8 @@
 //! so a test can bound what one request costs (no N+1 queries) without a server-side
 //! extension.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -175,23 +174,29 @@ impl Reads {
     }
 
     /// The newest `per_user` orders of each user in `user_ids`, newest first per user,
-    /// with their lines: two queries whatever the number of users.
+    /// with their lines: one statement whatever the number of users.
     pub async fn recent_orders_of(
         &self,
         user_ids: &[Uuid],
         per_user: i64,
     ) -> Result<Vec<OrderWithItems>, sqlx::Error> {
-        let orders: Vec<OrderRow> = sqlx::query_as(
-            "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM \
-               (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY id DESC) AS rank \
-                FROM orders WHERE user_id = ANY($1)) ranked \
-             WHERE rank <= $2 ORDER BY user_id, id DESC",
-        )
-        .bind(user_ids)
-        .bind(per_user)
-        .fetch_all(self.counted())
-        .await?;
-        self.with_items(orders).await
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            with_lines(
+                &format!(
+                    "SELECT {ORDER_COLUMNS} FROM \
+                       (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY id DESC) AS rank \
+                        FROM orders WHERE user_id = ANY($1)) ranked \
+                     WHERE rank <= $2"
+                ),
+                "picked.user_id, picked.id DESC",
+            )
+        });
+        let rows: Vec<OrderLineRow> = sqlx::query_as(&SQL)
+            .bind(user_ids)
+            .bind(per_user)
+            .fetch_all(self.counted())
+            .await?;
+        Ok(group_lines(rows))
     }
 
     pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
@@ -201,21 +206,24 @@ impl Reads {
             .await
     }
 
+    /// An order with its lines, in one statement.
     pub async fn order(&self, id: Uuid) -> Result<Option<OrderWithItems>, sqlx::Error> {
-        let order: Option<OrderRow> = sqlx::query_as(
-            "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM orders WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(self.counted())
-        .await?;
-        match order {
-            Some(order) => Ok(self.with_items(vec![order]).await?.pop()),
-            None => Ok(None),
-        }
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            with_lines(
+                &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"),
+                "picked.id",
+            )
+        });
+        let rows: Vec<OrderLineRow> = sqlx::query_as(&SQL)
+            .bind(id)
+            .fetch_all(self.counted())
+            .await?;
+        Ok(group_lines(rows).pop())
     }
 
     /// Orders newest first (UUIDv7 ids sort by creation time), optionally of one user,
-    /// strictly older than `before` when given. Returns up to `limit` orders.
+    /// strictly older than `before` when given, with their lines. Returns up to `limit`
+    /// orders, in one statement.
     pub async fn orders(
         &self,
         user_id: Option<Uuid>,
@@ -223,46 +231,92 @@ impl Reads {
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<OrderWithItems>, sqlx::Error> {
-        let orders: Vec<OrderRow> = sqlx::query_as(
-            "SELECT id, user_id, status, total_cents, currency, created_at, updated_at, version FROM orders \
-             WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2) \
-               AND ($3::uuid IS NULL OR id < $3) \
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(user_id)
-        .bind(status)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(self.counted())
-        .await?;
-        self.with_items(orders).await
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            with_lines(
+                &format!(
+                    "SELECT {ORDER_COLUMNS} FROM orders \
+                     WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2) \
+                       AND ($3::uuid IS NULL OR id < $3) \
+                     ORDER BY id DESC LIMIT $4"
+                ),
+                "picked.id DESC",
+            )
+        });
+        let rows: Vec<OrderLineRow> = sqlx::query_as(&SQL)
+            .bind(user_id)
+            .bind(status)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(self.counted())
+            .await?;
+        Ok(group_lines(rows))
     }
+}
 
-    /// Loads the lines of every order in one query.
-    async fn with_items(&self, orders: Vec<OrderRow>) -> Result<Vec<OrderWithItems>, sqlx::Error> {
-        if orders.is_empty() {
-            return Ok(Vec::new());
+const ORDER_COLUMNS: &str =
+    "id, user_id, status, total_cents, currency, created_at, updated_at, version";
+
+/// The orders `picked` selects ([`ORDER_COLUMNS`]), each joined with its lines, sorted by
+/// `order_by` (over `picked`'s columns) and then line number: one round trip for orders
+/// and lines, decoded by [`group_lines`].
+fn with_lines(picked: &str, order_by: &str) -> String {
+    format!(
+        "WITH picked AS ({picked}) \
+         SELECT picked.*, i.sku, i.name, i.quantity, i.unit_price_cents, i.line_total_cents \
+         FROM picked LEFT JOIN order_items i ON i.order_id = picked.id \
+         ORDER BY {order_by}, i.line_no"
+    )
+}
+
+/// An order and one of its lines (none when the order has no lines).
+#[derive(sqlx::FromRow)]
+struct OrderLineRow {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    sku: Option<String>,
+    name: Option<String>,
+    quantity: Option<i32>,
+    unit_price_cents: Option<i64>,
+    line_total_cents: Option<i64>,
+}
+
+/// Folds the rows of [`with_lines`] (an order's rows next to each other) into orders with
+/// their lines, in the rows' order.
+fn group_lines(rows: Vec<OrderLineRow>) -> Vec<OrderWithItems> {
+    let mut orders: Vec<OrderWithItems> = Vec::new();
+    for row in rows {
+        let line = match (
+            row.sku,
+            row.name,
+            row.quantity,
+            row.unit_price_cents,
+            row.line_total_cents,
+        ) {
+            (
+                Some(sku),
+                Some(name),
+                Some(quantity),
+                Some(unit_price_cents),
+                Some(line_total_cents),
+            ) => Some(OrderItemRow {
+                order_id: row.order.id,
+                sku,
+                name,
+                quantity,
+                unit_price_cents,
+                line_total_cents,
+            }),
+            _ => None,
+        };
+        match orders.last_mut() {
+            Some(last) if last.order.id == row.order.id => last.items.extend(line),
+            _ => orders.push(OrderWithItems {
+                order: row.order,
+                items: line.into_iter().collect(),
+            }),
         }
-        let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
-        let rows: Vec<OrderItemRow> = sqlx::query_as(
-            "SELECT order_id, sku, name, quantity, unit_price_cents, line_total_cents FROM order_items \
-             WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-        )
-        .bind(&ids)
-        .fetch_all(self.counted())
-        .await?;
-        let mut by_order: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
-        for row in rows {
-            by_order.entry(row.order_id).or_default().push(row);
-        }
-        Ok(orders
-            .into_iter()
-            .map(|order| OrderWithItems {
-                items: by_order.remove(&order.id).unwrap_or_default(),
-                order,
-            })
-            .collect())
     }
+    orders
 }
 
 impl tillstream_runtime::gate::AccountStatus for Reads {

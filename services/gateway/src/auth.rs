@@ -7,8 +7,7 @@
 
 use axum::http::HeaderMap;
 use tillstream_events::Role;
-use tillstream_projections::queries::Reads;
-use tillstream_runtime::gate::still_active;
+use tillstream_runtime::gate::{AccountStatus, still_active};
 use tillstream_runtime::grpc::Caller;
 use tillstream_runtime::tokens::TokenVerifier;
 use tillstream_runtime::trace_context;
@@ -102,7 +101,10 @@ impl Forward {
 }
 
 /// The signed-in, active caller of `viewer`, or UNAUTHENTICATED.
-pub async fn authenticate(reads: &Reads, viewer: &Viewer) -> Result<Caller, ApiError> {
+pub async fn authenticate(
+    accounts: &dyn AccountStatus,
+    viewer: &Viewer,
+) -> Result<Caller, ApiError> {
     let caller = match viewer {
         Viewer::Caller(caller) => caller.clone(),
         Viewer::Anonymous => {
@@ -119,7 +121,7 @@ pub async fn authenticate(reads: &Reads, viewer: &Viewer) -> Result<Caller, ApiE
     if caller.role != Role::Service && Uuid::parse_str(&caller.user_id).is_err() {
         return Err(ApiError::Unauthenticated("invalid access token".to_owned()));
     }
-    match still_active(reads, &caller).await {
+    match still_active(accounts, &caller).await {
         Ok(true) => Ok(caller),
         Ok(false) => Err(ApiError::Unauthenticated(
             "the account is deactivated".to_owned(),

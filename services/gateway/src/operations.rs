@@ -5,6 +5,7 @@
 //! Reads come from the read models; commands are forwarded to the command services with
 //! the caller's token and correlation id ([`Forward`]). Every failure is an [`ApiError`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,6 +15,7 @@ use tillstream_projections::queries::{OrderWithItems, Reads, UserRow};
 use tillstream_proto::audit::v1 as audit_pb;
 use tillstream_proto::order::v1 as order_pb;
 use tillstream_proto::user::v1 as user_pb;
+use tillstream_runtime::gate::CachedAccountStatus;
 use tillstream_runtime::grpc::Caller;
 use uuid::Uuid;
 
@@ -224,16 +226,22 @@ where
 pub struct Operations {
     pub reads: Reads,
     pub backends: Backends,
+    /// Whether a caller's account is still active, each answer remembered for a second.
+    accounts: Arc<CachedAccountStatus<Reads>>,
 }
 
 impl Operations {
     pub fn new(reads: Reads, backends: Backends) -> Self {
-        Operations { reads, backends }
+        Operations {
+            accounts: Arc::new(CachedAccountStatus::new(reads.clone())),
+            reads,
+            backends,
+        }
     }
 
     /// The signed-in, active caller, or UNAUTHENTICATED.
     pub async fn caller(&self, viewer: &Viewer) -> Result<Caller, ApiError> {
-        auth::authenticate(&self.reads, viewer).await
+        auth::authenticate(self.accounts.as_ref(), viewer).await
     }
 
     /// The signed-in user (None for a service token, which has no user).

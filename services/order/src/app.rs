@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 
 use tillstream_projections::queries::Reads;
-use tillstream_runtime::gate::Gate;
+use tillstream_runtime::gate::{CachedAccountStatus, Gate};
 
 use crate::Config;
 use crate::grpc::OrderGrpc;
@@ -44,7 +44,7 @@ impl App {
         let verifier = TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?;
         let service = OrderGrpc {
             commands: CommandBus::new(pool.clone(), ()),
-            gate: Gate::new(verifier, Arc::new(reads.clone())),
+            gate: Gate::new(verifier, Arc::new(CachedAccountStatus::new(reads.clone()))),
             reads,
         };
         Ok(App {

@@ -14,7 +14,7 @@ use tillstream_runtime::{Shutdown, StartError, resources};
 use std::sync::Arc;
 
 use tillstream_projections::queries::Reads;
-use tillstream_runtime::gate::Gate;
+use tillstream_runtime::gate::{CachedAccountStatus, Gate};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::credentials::Credentials;
@@ -67,7 +67,10 @@ impl App {
             commands,
             credentials: Credentials::new(pool.clone()),
             issuer: TokenIssuer::load(&keys, Duration::from_secs(config.token_lifetime_secs))?,
-            gate: Gate::new(TokenVerifier::load(&keys)?, Arc::new(reads.clone())),
+            gate: Gate::new(
+                TokenVerifier::load(&keys)?,
+                Arc::new(CachedAccountStatus::new(reads.clone())),
+            ),
             reads,
         };
         Ok(App {
