@@ -1,5 +1,8 @@
 //! `tillstream`: the platform's one binary. See `tillstream --help`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use tillstream::cli::Cli;
 use tillstream_runtime::telemetry;
