@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tillstream_predictor::backtest::{self, BacktestConfig, BacktestReport};
 use tillstream_predictor::bench;
+use tillstream_predictor::record::{self, Recorder};
 use tillstream_predictor::trace::{self, TraceKind};
 
 #[derive(clap::Subcommand)]
@@ -132,46 +133,13 @@ pub async fn run(command: PredictorCommand) -> anyhow::Result<()> {
 }
 
 async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-    use futures::StreamExt as _;
-
     anyhow::ensure!(args.window_secs >= 1, "--window-secs must be 1 or more");
     let width = std::time::Duration::from_secs(args.window_secs);
     let client = args.nats.connect("tillstream-record", true).await?;
     let namespace = tillstream_events::Namespace::new(args.nats.namespace)?;
     let js = async_nats::jetstream::new(client);
-    let stream = js
-        .get_stream(namespace.stream("METRICS"))
-        .await
-        .context("the METRICS stream")?;
-    // The stream's end as get_stream just read it: the recording stops there.
-    let end = stream.cached_info().state.last_sequence;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: namespace.metrics_wildcard(),
-            deliver_policy: match args.since {
-                Some(since) => DeliverPolicy::ByStartTime {
-                    start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
-                        since.timestamp_nanos_opt().unwrap_or_default(),
-                    ))?,
-                },
-                None => DeliverPolicy::All,
-            },
-            ..Default::default()
-        })
-        .await?;
-    let mut recorder = tillstream_predictor::record::Recorder::new(width, width / 2);
-    if consumer.cached_info().num_pending > 0 {
-        let mut messages = consumer.messages().await?;
-        while let Some(message) = messages.next().await {
-            let message = message?;
-            recorder.offer(&message.subject, &message.payload);
-            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-            if info.pending == 0 || info.stream_sequence >= end {
-                break;
-            }
-        }
-    }
+    let mut recorder = Recorder::new(width, width / 2);
+    record::read_stream(&js, &namespace, args.since, &mut recorder).await?;
     let (read, skipped) = (recorder.read, recorder.skipped);
     let points = recorder.finish(&args.service);
     anyhow::ensure!(
