@@ -57,6 +57,11 @@ pub struct BacktestArgs {
     /// Seed of the generated trace.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds at the start of the trace replayed but not scored (default six hours); a
+    /// trace recorded from a shorter run needs less, and must still have windows left to
+    /// score after it and the forecast horizon.
+    #[arg(long, default_value_t = backtest::DEFAULT_WARMUP.as_secs())]
+    warmup_secs: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -91,14 +96,17 @@ pub async fn run(command: PredictorCommand) -> anyhow::Result<()> {
                 ),
                 (None, None) => anyhow::bail!("give --trace FILE or --synthetic KIND"),
             };
-            let mut config = BacktestConfig::default();
+            let mut config = BacktestConfig {
+                warmup: std::time::Duration::from_secs(args.warmup_secs),
+                ..BacktestConfig::default()
+            };
             if let [first, second, ..] = points.as_slice() {
                 let width = (second.at - first.at)
                     .to_std()
                     .context("trace windows must go forward in time")?;
                 config.predictor.windows.width = width;
             }
-            let report = backtest::run(&points, &config);
+            let report = backtest::run(&points, &config)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -159,7 +167,15 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
 }
 
 fn print_report(name: &str, report: &BacktestReport) {
-    println!("backtest of {name}: {} windows", report.windows);
+    println!(
+        "backtest of {name}: {} windows, the first {} not scored (warmup); model fitted from {}",
+        report.windows,
+        report.warmup_windows,
+        report.first_fit_at.map_or_else(
+            || "never (too little history)".to_owned(),
+            |at| at.format("%a %H:%M:%S").to_string()
+        )
+    );
     for (series, mape) in [("request rate", report.rate), ("cpu", report.cpu)] {
         println!(
             "  {series:<12} MAPE model {:>6.2}%   naive last-value {:>6.2}%   ({:+.1}% vs naive, {} windows scored)",
