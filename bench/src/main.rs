@@ -10,6 +10,7 @@
 //! target/release/tillstream-bench load --scenario graphql-order --users 100 --ramp 5 --duration 20
 //! target/release/tillstream-bench visibility --rate 1000 --duration 10
 //! target/release/tillstream-bench suite                # bench/results/suite-<time>.json
+//! target/release/tillstream-bench trace --minutes 80    # bench/results/trace-<time>.{csv,json}
 //! ```
 //!
 //! Each run uses its own databases and NATS namespace (testkit) and removes them after.
@@ -20,6 +21,7 @@ mod machine;
 mod rebuild;
 mod relay;
 mod suite;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -55,6 +57,10 @@ enum Command {
     /// The baselines (axum hello world, pgbench durable insert) and every scenario in one
     /// run, with ratios and the issue's targets judged.
     Suite(suite::SuiteArgs),
+    /// A shaped load (a compressed day: cycles, noise, spikes, a slow ramp over 70% CPU)
+    /// for a long time, recorded from METRICS as the predictor's trace
+    /// (`trace-<time>.csv`) and backtested.
+    Trace(trace::TraceArgs),
     /// Starts a fresh `tillstream up` (rate limit off) for an outside load tool such as
     /// Locust, prints its addresses, and removes its databases and streams on Ctrl-C.
     Serve,
@@ -69,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Load(args) => ("load", load::run_load(args).await?),
         Command::Visibility(args) => ("visibility", load::run_visibility(args).await?),
         Command::Suite(args) => ("suite", suite::run(args).await?),
+        Command::Trace(args) => ("trace", trace::run(args, &cli.out).await?),
         Command::Serve => return load::serve().await,
     };
     let document = serde_json::json!({

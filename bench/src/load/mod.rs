@@ -4,6 +4,7 @@
 //! back ([`visibility`]).
 
 pub mod driver;
+pub mod open_loop;
 pub mod platform;
 pub mod scenarios;
 pub mod seed;

@@ -84,6 +84,11 @@ impl ServiceModel {
         &self.cpu_error
     }
 
+    /// Whether the request-rate regression has been fitted (before, forecasts are naive).
+    pub fn is_fitted(&self) -> bool {
+        self.rate.is_fitted()
+    }
+
     /// Steps the model with the history of closed windows, oldest first, the newest having
     /// just closed: `rates` per window, `cpus` with gaps filled by the previous value (empty
     /// while no CPU sample has arrived), `cpu_now` the newest window's own measure (None

@@ -2,11 +2,17 @@
 //! folded into windows the way the live predictor folds them — each window closes once the
 //! newest message time seen has passed its end plus the grace period, so a recording of an
 //! old stretch of the stream reads as it did live — and one series is written out as
-//! `at,rate,cpu_percent` for the backtest.
+//! `at,rate,cpu_percent` for the backtest. [`read_stream`] feeds a recorder from the
+//! stream itself; the CLI (`tillstream predictor record`) and the load generator's shaped
+//! trace (`tillstream-bench trace`) both record through it.
 
 use std::time::Duration;
 
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use tillstream_events::Namespace;
 
 use crate::ingest::{IngestError, ingest};
 use crate::trace::TracePoint;
@@ -19,6 +25,22 @@ const CAPACITY: usize = 60_480;
 #[derive(serde::Deserialize)]
 struct Stamp {
     at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the METRICS stream: {0}")]
+    Stream(#[from] jetstream::context::GetStreamError),
+    #[error("a consumer of the METRICS stream: {0}")]
+    Consumer(#[from] jetstream::stream::ConsumerError),
+    #[error("reading the METRICS stream: {0}")]
+    Messages(#[from] jetstream::consumer::StreamError),
+    #[error("reading the METRICS stream: {0}")]
+    Message(#[from] jetstream::consumer::pull::OrderedError),
+    #[error("a METRICS message without JetStream metadata: {0}")]
+    Metadata(String),
+    #[error("start time {0} is out of range")]
+    Since(DateTime<Utc>),
 }
 
 pub struct Recorder {
@@ -91,6 +113,54 @@ impl Recorder {
             })
             .collect()
     }
+}
+
+/// Reads the METRICS stream of `namespace` into `recorder`: every message stored at or
+/// after `since` (the whole stream when None) up to the stream's end as it is when the
+/// reading starts, so traffic arriving meanwhile does not keep the recording going.
+pub async fn read_stream(
+    js: &jetstream::Context,
+    namespace: &Namespace,
+    since: Option<DateTime<Utc>>,
+    recorder: &mut Recorder,
+) -> Result<(), RecordError> {
+    let stream = js.get_stream(namespace.stream("METRICS")).await?;
+    // The stream's end as get_stream just read it: the recording stops there.
+    let end = stream.cached_info().state.last_sequence;
+    let deliver_policy = match since {
+        Some(since) => {
+            let nanos = since
+                .timestamp_nanos_opt()
+                .ok_or(RecordError::Since(since))?;
+            DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
+                    .map_err(|_| RecordError::Since(since))?,
+            }
+        }
+        None => DeliverPolicy::All,
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: namespace.metrics_wildcard(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        recorder.offer(&message.subject, &message.payload);
+        let info = message
+            .info()
+            .map_err(|e| RecordError::Metadata(e.to_string()))?;
+        if info.pending == 0 || info.stream_sequence >= end {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

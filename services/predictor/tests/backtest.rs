@@ -6,7 +6,8 @@ use tillstream_predictor::backtest::{self, BacktestConfig, BacktestReport};
 use tillstream_predictor::trace::{self, TraceKind};
 
 fn backtest(kind: TraceKind, seed: u64) -> BacktestReport {
-    let report = backtest::run(&trace::generate(kind, seed), &BacktestConfig::default());
+    let report = backtest::run(&trace::generate(kind, seed), &BacktestConfig::default())
+        .expect("a week of trace leaves windows to score after the warmup");
     eprintln!(
         "{}: rate MAPE model {:.4} naive {:.4} ({:.1}% better); cpu MAPE model {:.4} naive {:.4} ({:.1}% better); {} decisions, {} flaps; crossings {:?}",
         kind.name(),

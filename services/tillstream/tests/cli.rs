@@ -216,6 +216,51 @@ fn predictor_trace_and_backtest() {
         "{text}"
     );
 
+    // Scored windows: all but the warmup and one horizon (30 windows of 10 s).
+    let scored = |text: &str| -> Vec<usize> {
+        text.lines()
+            .filter_map(|l| {
+                l.split(", ")
+                    .nth(1)?
+                    .strip_suffix(" windows scored)")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let by_default = scored(&text);
+    let (ok, text) = run(&[
+        "predictor",
+        "backtest",
+        "--trace",
+        path,
+        "--warmup-secs",
+        "3600",
+    ]);
+    assert!(ok && text.contains("the first 360 not scored"), "{text}");
+    let shorter = scored(&text);
+    assert_eq!(by_default.len(), 2, "{text}");
+    assert_eq!(
+        shorter,
+        by_default
+            .iter()
+            .map(|n| n + 2160 - 360)
+            .collect::<Vec<_>>(),
+        "{text}"
+    );
+    let (ok, text) = run(&[
+        "predictor",
+        "backtest",
+        "--trace",
+        path,
+        "--warmup-secs",
+        "999999",
+    ]);
+    assert!(
+        !ok && text.contains("nothing to score") && !text.contains("panicked"),
+        "{text}"
+    );
+
     std::fs::write(&file, "at,rate,cpu_percent\nyesterday,1,2\n").expect("write");
     let (ok, text) = run(&["predictor", "backtest", "--trace", path]);
     assert!(
@@ -269,8 +314,16 @@ async fn predictor_record_turns_the_metrics_stream_into_a_trace_for_the_backtest
         full.len() >= 10 && full.iter().all(|r| (r - 3.0).abs() < 0.15),
         "whole windows hold 3 requests/s: {full:?}"
     );
-    let (ok, text) = run(binary().args(["predictor", "backtest", "--trace", path]));
-    assert!(ok && text.contains("MAPE model"), "{text}");
+    // Two minutes is less than the forecast horizon: read, but nothing to score.
+    let (ok, text) = run(binary().args([
+        "predictor",
+        "backtest",
+        "--trace",
+        path,
+        "--warmup-secs",
+        "0",
+    ]));
+    assert!(!ok && text.contains("nothing to score"), "{text}");
 
     let (ok, text) = run(binary()
         .args(["predictor", "record", "--service", "nobody", "--out", path])

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tillstream_predictor::backtest::{self, BacktestConfig, BacktestReport};
 use tillstream_predictor::bench;
+use tillstream_predictor::record::{self, Recorder};
 use tillstream_predictor::trace::{self, TraceKind};
 
 #[derive(clap::Subcommand)]
@@ -56,6 +57,11 @@ pub struct BacktestArgs {
     /// Seed of the generated trace.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds at the start of the trace replayed but not scored (default six hours); a
+    /// trace recorded from a shorter run needs less, and must still have windows left to
+    /// score after it and the forecast horizon.
+    #[arg(long, default_value_t = backtest::DEFAULT_WARMUP.as_secs())]
+    warmup_secs: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -90,14 +96,17 @@ pub async fn run(command: PredictorCommand) -> anyhow::Result<()> {
                 ),
                 (None, None) => anyhow::bail!("give --trace FILE or --synthetic KIND"),
             };
-            let mut config = BacktestConfig::default();
+            let mut config = BacktestConfig {
+                warmup: std::time::Duration::from_secs(args.warmup_secs),
+                ..BacktestConfig::default()
+            };
             if let [first, second, ..] = points.as_slice() {
                 let width = (second.at - first.at)
                     .to_std()
                     .context("trace windows must go forward in time")?;
                 config.predictor.windows.width = width;
             }
-            let report = backtest::run(&points, &config);
+            let report = backtest::run(&points, &config)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -132,46 +141,13 @@ pub async fn run(command: PredictorCommand) -> anyhow::Result<()> {
 }
 
 async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-    use futures::StreamExt as _;
-
     anyhow::ensure!(args.window_secs >= 1, "--window-secs must be 1 or more");
     let width = std::time::Duration::from_secs(args.window_secs);
     let client = args.nats.connect("tillstream-record", true).await?;
     let namespace = tillstream_events::Namespace::new(args.nats.namespace)?;
     let js = async_nats::jetstream::new(client);
-    let stream = js
-        .get_stream(namespace.stream("METRICS"))
-        .await
-        .context("the METRICS stream")?;
-    // The stream's end as get_stream just read it: the recording stops there.
-    let end = stream.cached_info().state.last_sequence;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: namespace.metrics_wildcard(),
-            deliver_policy: match args.since {
-                Some(since) => DeliverPolicy::ByStartTime {
-                    start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
-                        since.timestamp_nanos_opt().unwrap_or_default(),
-                    ))?,
-                },
-                None => DeliverPolicy::All,
-            },
-            ..Default::default()
-        })
-        .await?;
-    let mut recorder = tillstream_predictor::record::Recorder::new(width, width / 2);
-    if consumer.cached_info().num_pending > 0 {
-        let mut messages = consumer.messages().await?;
-        while let Some(message) = messages.next().await {
-            let message = message?;
-            recorder.offer(&message.subject, &message.payload);
-            let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-            if info.pending == 0 || info.stream_sequence >= end {
-                break;
-            }
-        }
-    }
+    let mut recorder = Recorder::new(width, width / 2);
+    record::read_stream(&js, &namespace, args.since, &mut recorder).await?;
     let (read, skipped) = (recorder.read, recorder.skipped);
     let points = recorder.finish(&args.service);
     anyhow::ensure!(
@@ -191,7 +167,15 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
 }
 
 fn print_report(name: &str, report: &BacktestReport) {
-    println!("backtest of {name}: {} windows", report.windows);
+    println!(
+        "backtest of {name}: {} windows, the first {} not scored (warmup); model fitted from {}",
+        report.windows,
+        report.warmup_windows,
+        report.first_fit_at.map_or_else(
+            || "never (too little history)".to_owned(),
+            |at| at.format("%a %H:%M:%S").to_string()
+        )
+    );
     for (series, mape) in [("request rate", report.rate), ("cpu", report.cpu)] {
         println!(
             "  {series:<12} MAPE model {:>6.2}%   naive last-value {:>6.2}%   ({:+.1}% vs naive, {} windows scored)",
