@@ -72,7 +72,7 @@ pub struct OrderWithItems {
 
 #[derive(Clone)]
 pub struct Reads {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     statements: Arc<AtomicU64>,
 }
 
