@@ -115,27 +115,43 @@ async fn read_aggregates(
         });
         slot_of.push(slot);
     }
-    let types: Vec<&str> = aggregates
+    // Rows are locked in one order for every projector, so two of them cannot deadlock.
+    let mut order: Vec<usize> = (0..aggregates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&aggregates[a], &aggregates[b]);
+        (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
+    });
+    let slots: Vec<i64> = order.iter().map(|&i| i as i64 + 1).collect();
+    let types: Vec<&str> = order
         .iter()
-        .map(|a| a.aggregate_type.as_str())
+        .map(|&i| aggregates[i].aggregate_type.as_str())
         .collect();
-    let ids: Vec<&str> = aggregates.iter().map(|a| a.aggregate_id.as_str()).collect();
-    let order_ids: Vec<Option<Uuid>> = aggregates
+    let ids: Vec<&str> = order
         .iter()
-        .map(|a| {
+        .map(|&i| aggregates[i].aggregate_id.as_str())
+        .collect();
+    let order_ids: Vec<Option<Uuid>> = order
+        .iter()
+        .map(|&i| {
+            let a = &aggregates[i];
             (a.aggregate_type == order::AGGREGATE_TYPE)
                 .then(|| Uuid::parse_str(&a.aggregate_id).ok())
                 .flatten()
         })
         .collect();
+    // Correlated subqueries, not joins: each is one primary-key lookup whatever the
+    // planner believes about the tables' sizes (with no statistics it estimated 126 of
+    // 40 k checkpoints and hashed or materialised all of them, every batch). The
+    // checkpoints are locked until the commit, so the claim below finds them unchanged.
     let rows: Vec<(i64, Option<i64>, Option<Uuid>)> = sqlx::query_as(
-        "SELECT k.n, c.sequence, o.user_id \
-         FROM unnest($2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY AS k (aggregate_type, aggregate_id, order_id, n) \
-         LEFT JOIN projection_checkpoints c \
-             ON c.projection = $1 AND c.aggregate_type = k.aggregate_type AND c.aggregate_id = k.aggregate_id \
-         LEFT JOIN orders o ON o.id = k.order_id",
+        "SELECT k.n, \
+             (SELECT c.sequence FROM projection_checkpoints c WHERE c.projection = $1 \
+                 AND c.aggregate_type = k.aggregate_type AND c.aggregate_id = k.aggregate_id FOR UPDATE), \
+             (SELECT o.user_id FROM orders o WHERE o.id = k.order_id) \
+         FROM unnest($2::bigint[], $3::text[], $4::text[], $5::uuid[]) AS k (n, aggregate_type, aggregate_id, order_id)",
     )
     .bind(PROJECTION)
+    .bind(&slots)
     .bind(&types)
     .bind(&ids)
     .bind(&order_ids)
@@ -156,8 +172,10 @@ async fn read_aggregates(
 }
 
 /// Moves every advanced checkpoint from where it was read to where the batch leaves it, in
-/// one statement. False when another transaction moved one of them first (nothing of this
-/// batch may then be committed).
+/// one statement (each row found through the primary key, as the insert's conflict
+/// check). The existing checkpoints were locked when read; one that did not exist then but
+/// does now was created by another projector meanwhile: false, and nothing of this batch
+/// may be committed.
 async fn claim(
     tx: &mut Transaction<'_, Postgres>,
     aggregates: &[Aggregate],
@@ -169,35 +187,34 @@ async fn claim(
     if advanced.is_empty() {
         return Ok(true);
     }
-    // One lock order for every projector, so two of them cannot deadlock on checkpoints.
     advanced.sort_by(|a, b| {
         (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
     });
     let types: Vec<&str> = advanced.iter().map(|a| a.aggregate_type.as_str()).collect();
     let ids: Vec<&str> = advanced.iter().map(|a| a.aggregate_id.as_str()).collect();
-    let from: Vec<i64> = advanced.iter().map(|a| a.claimed_from).collect();
     let to: Vec<i64> = advanced.iter().map(|a| a.checkpoint).collect();
-    let claimed: i64 = sqlx::query_scalar(
-        "WITH k AS (SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS k (aggregate_type, aggregate_id, from_sequence, to_sequence)), \
-         advanced AS ( \
-             UPDATE projection_checkpoints c SET sequence = k.to_sequence FROM k \
-             WHERE k.from_sequence > 0 AND c.projection = $1 AND c.aggregate_type = k.aggregate_type \
-                 AND c.aggregate_id = k.aggregate_id AND c.sequence = k.from_sequence \
-             RETURNING 1), \
-         created AS ( \
-             INSERT INTO projection_checkpoints (projection, aggregate_type, aggregate_id, sequence) \
-             SELECT $1, aggregate_type, aggregate_id, to_sequence FROM k WHERE from_sequence = 0 \
-             ON CONFLICT DO NOTHING RETURNING 1) \
-         SELECT (SELECT count(*) FROM advanced) + (SELECT count(*) FROM created)",
+    // `xmax = 0`: the row was inserted by this statement, not updated.
+    let claimed: Vec<(String, String, bool)> = sqlx::query_as(
+        "INSERT INTO projection_checkpoints AS c (projection, aggregate_type, aggregate_id, sequence) \
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[]) \
+         ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET sequence = EXCLUDED.sequence \
+         RETURNING c.aggregate_type, c.aggregate_id, (c.xmax = 0)",
     )
     .bind(PROJECTION)
     .bind(&types)
     .bind(&ids)
-    .bind(&from)
     .bind(&to)
-    .fetch_one(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(claimed == advanced.len() as i64)
+    let created: HashMap<(&str, &str), bool> = claimed
+        .iter()
+        .map(|(t, i, created)| ((t.as_str(), i.as_str()), *created))
+        .collect();
+    Ok(claimed.len() == advanced.len()
+        && advanced.iter().all(|a| {
+            created.get(&(a.aggregate_type.as_str(), a.aggregate_id.as_str()))
+                == Some(&(a.claimed_from == 0))
+        }))
 }
 
 struct NewUser {
