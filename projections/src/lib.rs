@@ -11,6 +11,14 @@
 //! A crash at any instant therefore neither loses nor repeats an effect: an event applied
 //! but not acked is skipped when redelivered.
 //!
+//! What has arrived is applied together: the checkpoints of a whole batch are read and
+//! claimed in one statement each and every read-model table written with one multi-row
+//! statement ([`batch`]), so a backlog costs a dozen round trips per batch rather than
+//! several per event. When the database refuses such a statement, the batch is applied
+//! again one event at a time under savepoints, so a poison event fails alone. After the
+//! commit the projector's `NOTIFY` tells readers which aggregates changed ([`applied`]);
+//! acks go out only after the commit.
+//!
 //! An event that still cannot be applied after its retries (undecodable, of an unknown
 //! type, or waiting on an earlier event that never came) is a dead letter: kept in the
 //! `dead_letters` table with its error and published on `events.dlq.<aggregate>.<id>`,
@@ -22,6 +30,8 @@
 //! while the live ones keep serving ([`rebuild`]).
 
 pub mod app;
+pub mod applied;
+mod batch;
 pub mod checksum;
 mod config;
 pub mod dead_letters;
@@ -31,5 +41,6 @@ pub mod read_model;
 pub mod rebuild;
 
 pub use app::{App, migrate, migrator};
+pub use applied::ReadModelWatch;
 pub use config::{Cli, Config};
 pub use projector::{ApplyOutcome, Projector, ProjectorError, RetryPolicy};

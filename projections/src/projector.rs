@@ -1,5 +1,6 @@
 //! The projector loop: a durable pull consumer on EVENTS; what has arrived is applied in
-//! one transaction, each event with its per-aggregate checkpoint.
+//! one transaction, with one statement per table ([`crate::batch`]) and each event's
+//! per-aggregate checkpoint, or event by event under savepoints when that fails.
 
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use tillstream_runtime::retry::Backoff;
 use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
 
+use crate::applied;
+use crate::batch::{self, SetApplied};
 use crate::read_model::{self, ApplyError, PROJECTION};
 
 /// Most events applied in one transaction.
@@ -138,6 +141,8 @@ impl Projector {
         // transaction) when the projector is behind; when it is caught up, each event is
         // applied as soon as it arrives.
         let mut batches = consumer
+            .stream()
+            .max_messages_per_batch(MAX_BATCH)
             .messages()
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?
@@ -201,12 +206,28 @@ impl Projector {
                 }
             }
         }
-        // First without savepoints (two round trips per event fewer); if an event fails,
-        // that transaction is dropped and the batch is applied again with one savepoint per
-        // event, so the failure is the failing event's alone.
-        let committed = match self.apply_batch(&decoded, false).await {
-            Ok(None) => self.apply_batch(&decoded, true).await,
-            other => other,
+        if decoded.is_empty() {
+            return;
+        }
+        // One statement per table for the whole batch; if the database refuses one of them
+        // (or another projector moved a checkpoint meanwhile), that transaction is dropped and
+        // the batch is applied again with one savepoint per event, so the failure is the
+        // failing event's alone.
+        let committed = match self.apply_set_based(&decoded).await {
+            Ok(Some(outcomes)) => Ok(Some(outcomes)),
+            other => {
+                match other {
+                    Err(error) => {
+                        tracing::debug!(%error, "batch refused as a whole; applying it event by event")
+                    }
+                    _ => tracing::debug!(
+                        "another projector moved a checkpoint of the batch; applying it event by event"
+                    ),
+                }
+                metrics::counter!("tillstream_projection_batch_fallbacks_total", "projection" => PROJECTION)
+                    .increment(1);
+                self.apply_batch(&decoded).await
+            }
         };
         let outcomes = match committed {
             Ok(outcomes) => outcomes.unwrap_or_default(),
@@ -228,16 +249,46 @@ impl Projector {
         }
     }
 
-    /// Applies `decoded` in one transaction and commits it: each event's outcome. Guarded,
-    /// each event under its own savepoint. Unguarded, `None` when an event failed (nothing
-    /// is committed then).
+    /// Applies `decoded` with one statement per table ([`batch`]) in one transaction and
+    /// commits it: each event's outcome. `None` when the batch could not be applied that way
+    /// (nothing is committed then).
+    async fn apply_set_based(
+        &self,
+        decoded: &[(jetstream::Message, EventEnvelope)],
+    ) -> Result<Option<Vec<Result<ApplyOutcome, ApplyError>>>, sqlx::Error> {
+        let span = if telemetry::exporting() {
+            tracing::info_span!(
+                "projector.apply_batch",
+                otel.kind = "consumer",
+                messaging.system = "nats",
+                messaging.batch.message_count = decoded.len(),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        async {
+            let events: Vec<&EventEnvelope> = decoded.iter().map(|(_, e)| e).collect();
+            let mut tx = begin(&self.pool).await?;
+            match batch::apply(&mut tx, &events).await? {
+                SetApplied::Written(outcomes) => {
+                    tx.commit().await?;
+                    Ok(Some(outcomes))
+                }
+                SetApplied::Contended => Ok(None), // dropping `tx` rolls it back
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Applies `decoded` in one transaction, each event under its own savepoint, and commits
+    /// it: each event's outcome.
     async fn apply_batch(
         &self,
         decoded: &[(jetstream::Message, EventEnvelope)],
-        guarded: bool,
     ) -> Result<Option<Vec<Result<ApplyOutcome, ApplyError>>>, sqlx::Error> {
         let mut outcomes = Vec::with_capacity(decoded.len());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin(&self.pool).await?;
         for (message, envelope) in decoded {
             // Each event's work continues the trace its `traceparent` header names.
             let span = if telemetry::exporting() {
@@ -255,16 +306,21 @@ impl Projector {
                 &span,
                 trace_context::from_nats(message.headers.as_ref()).as_ref(),
             );
-            let outcome = if guarded {
-                apply_in(&mut tx, envelope).instrument(span).await
-            } else {
-                apply_unguarded(&mut tx, envelope).instrument(span).await
-            };
-            if !guarded && outcome.is_err() {
-                return Ok(None); // dropping `tx` rolls it back
-            }
-            outcomes.push(outcome);
+            outcomes.push(apply_in(&mut tx, envelope).instrument(span).await);
         }
+        let applied: Vec<(&str, &str, i64)> = decoded
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| matches!(outcome, Ok(ApplyOutcome::Applied)))
+            .map(|((_, e), _)| {
+                (
+                    e.aggregate_type.as_str(),
+                    e.aggregate_id.as_str(),
+                    e.sequence as i64,
+                )
+            })
+            .collect();
+        applied::notify(&mut tx, &applied).await?;
         tx.commit().await?;
         Ok(Some(outcomes))
     }
@@ -392,8 +448,16 @@ impl Projector {
 
     /// Applies `event` exactly once: see the crate documentation.
     pub async fn apply(&self, event: &EventEnvelope) -> Result<ApplyOutcome, ApplyError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin(&self.pool).await?;
         let outcome = apply_in(&mut tx, event).await?;
+        if outcome == ApplyOutcome::Applied {
+            let applied = (
+                event.aggregate_type.as_str(),
+                event.aggregate_id.as_str(),
+                event.sequence as i64,
+            );
+            applied::notify(&mut tx, &[applied]).await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }
@@ -422,18 +486,12 @@ pub(crate) async fn apply_in(
     }
 }
 
-/// Like [`apply_in`] without a savepoint of its own, two round trips cheaper. A duplicate or
-/// a gap changes nothing, as there; but after an error `tx` may hold part of the event's
-/// work (or be aborted) and must be rolled back.
-async fn apply_unguarded(
-    tx: &mut Transaction<'_, Postgres>,
-    event: &EventEnvelope,
-) -> Result<ApplyOutcome, ApplyError> {
-    if let Some(outcome) = claim(tx, event).await? {
-        return Ok(outcome);
-    }
-    read_model::apply(tx, event).await?;
-    Ok(ApplyOutcome::Applied)
+/// Begins a read-model transaction whose statements are planned for their actual values:
+/// the batch statements take arrays of any length, and a plan cached for a small table
+/// (or a short array) would keep scanning whole tables once they have grown.
+async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan")
+        .await
 }
 
 /// Advances the aggregate's checkpoint to `event` when `event` is the next one: `None`.

@@ -71,7 +71,7 @@ pub struct OrderWithItems {
 
 #[derive(Clone)]
 pub struct Reads {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     statements: Arc<AtomicU64>,
 }
 

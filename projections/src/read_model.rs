@@ -22,7 +22,7 @@ pub enum ApplyError {
     Database(#[from] sqlx::Error),
 }
 
-fn uuid(raw: &str) -> Result<Uuid, ApplyError> {
+pub(crate) fn uuid(raw: &str) -> Result<Uuid, ApplyError> {
     Uuid::parse_str(raw).map_err(|_| ApplyError::BadId(raw.to_owned()))
 }
 
@@ -198,17 +198,17 @@ async fn record_history(
 
 /// How one order event changes its customer's figures (`users` and `user_order_stats`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct StatsChange {
-    placed: i64,
-    paid: i64,
-    delivered: i64,
-    cancelled: i64,
-    spent_cents: i64,
-    refunds_cents: i64,
+pub(crate) struct StatsChange {
+    pub(crate) placed: i64,
+    pub(crate) paid: i64,
+    pub(crate) delivered: i64,
+    pub(crate) cancelled: i64,
+    pub(crate) spent_cents: i64,
+    pub(crate) refunds_cents: i64,
 }
 
 impl StatsChange {
-    fn of(event: &OrderEvent) -> Self {
+    pub(crate) fn of(event: &OrderEvent) -> Self {
         match event {
             OrderEvent::OrderPlaced(_) => StatsChange {
                 placed: 1,

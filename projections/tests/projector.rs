@@ -477,3 +477,329 @@ async fn two_projectors_share_one_stream_and_keep_each_aggregates_order() {
     }
     env.cleanup().await;
 }
+
+/// The sum of every aggregate's checkpoint: how many events a database has applied.
+async fn applied_events(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>("SELECT sum(sequence)::bigint FROM projection_checkpoints")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+async fn checkpoints(pool: &sqlx::PgPool) -> Vec<(String, String, i64)> {
+    sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, sequence FROM projection_checkpoints ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_mixed_backlog_applied_a_batch_at_a_time_equals_event_by_event() {
+    let env = TestEnv::new();
+    let (_, live) = env.database("live").await;
+    migrate(&live).await.unwrap();
+    let (_, reference) = env.database("reference").await;
+    migrate(&reference).await.unwrap();
+    let (client, js) = env.jetstream().await;
+
+    // Customers registering, changing profile and role, and their orders through every
+    // state, interleaved; one payment that does not decode; and some events delivered twice
+    // (a republish without the relay's message id, so the stream keeps both copies).
+    let mut events = tillstream_testkit::workload::Workload {
+        users: 40,
+        orders_per_user: 3,
+        seed: 7,
+    }
+    .events();
+    let poison = events
+        .iter()
+        .position(|e| e.event_type == "OrderPaid")
+        .unwrap();
+    events[poison].payload = json!({"payment_reference": 7});
+    let poisoned_order = events[poison].aggregate_id.clone();
+    let repeats: Vec<EventEnvelope> = events.iter().step_by(17).cloned().collect();
+    let mut log = events.clone();
+    for (i, repeat) in repeats.into_iter().enumerate() {
+        log.insert((i * 31 + 5).min(log.len()), repeat);
+    }
+    let mut acks = Vec::new();
+    for event in &log {
+        let subject = env
+            .namespace
+            .event_subject(&event.aggregate_type, &event.aggregate_id);
+        acks.push(
+            js.publish(subject, serde_json::to_vec(event).unwrap().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    // The reference: the same log, one event and one transaction at a time.
+    let one_by_one = Projector::new(reference.clone(), client.clone(), env.namespace.clone(), 1);
+    let mut failed = 0;
+    for event in &log {
+        match one_by_one.apply(event).await {
+            Ok(ApplyOutcome::Gap { .. }) | Err(_) => failed += 1,
+            Ok(_) => {}
+        }
+    }
+    let poisoned_later = log
+        .iter()
+        .filter(|e| e.aggregate_id == poisoned_order && e.sequence > events[poison].sequence)
+        .count();
+    assert_eq!(
+        failed,
+        1 + poisoned_later,
+        "only the bad payment and what follows it in its own order fail"
+    );
+
+    // The live projector takes the backlog in large batches.
+    let fast = RetryPolicy {
+        max_deliveries: 2,
+        first_delay: std::time::Duration::from_millis(20),
+    };
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let projector =
+        Projector::new(live.clone(), client, env.namespace.clone(), 1).with_retry_policy(fast);
+    let running = tokio::spawn(projector.run(shutdown.clone()));
+    let expected = applied_events(&reference).await;
+    tillstream_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the backlog applied and its failures dead-lettered",
+        || async {
+            let dead = dead_letters::waiting(&live).await.unwrap().len();
+            (applied_events(&live).await == expected && dead == failed).then_some(())
+        },
+    )
+    .await;
+    shutdown.cancel();
+    running.await.unwrap();
+
+    assert_eq!(checkpoints(&live).await, checkpoints(&reference).await);
+    let (live_sum, reference_sum) = (
+        tillstream_projections::checksum::checksum(&live)
+            .await
+            .unwrap(),
+        tillstream_projections::checksum::checksum(&reference)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        live_sum.differences(&reference_sum),
+        Vec::<String>::new(),
+        "batches give what single events give"
+    );
+    let dead: Vec<i64> = dead_letters::waiting(&live)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.sequence)
+        .collect();
+    assert_eq!(dead.len(), failed, "{dead:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_applied_before_a_crash_are_skipped_when_delivered_again() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let (client, js) = env.jetstream().await;
+    let events = tillstream_testkit::workload::Workload {
+        users: 10,
+        orders_per_user: 2,
+        seed: 3,
+    }
+    .events();
+    // The state a crash between commit and ack leaves: the first half is in the read
+    // models, and JetStream still holds all of it for delivery.
+    let projector = Projector::new(pool.clone(), client.clone(), env.namespace.clone(), 1);
+    let half = events.len() / 2;
+    for event in &events[..half] {
+        assert_eq!(projector.apply(event).await.unwrap(), ApplyOutcome::Applied);
+    }
+    let before = tillstream_projections::checksum::checksum(&pool)
+        .await
+        .unwrap();
+    tillstream_testkit::workload::publish(&js, &env.namespace, &events, 64)
+        .await
+        .unwrap();
+
+    let checker = Projector::new(pool.clone(), client.clone(), env.namespace.clone(), 1);
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let running = tokio::spawn(projector.run(shutdown.clone()));
+    let total: i64 = {
+        let mut last = std::collections::HashMap::new();
+        for e in &events {
+            last.insert(
+                (e.aggregate_type.clone(), e.aggregate_id.clone()),
+                e.sequence as i64,
+            );
+        }
+        last.values().sum()
+    };
+    tillstream_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "every event applied",
+        || async { (applied_events(&pool).await == total).then_some(()) },
+    )
+    .await;
+    shutdown.cancel();
+    running.await.unwrap();
+
+    // Apply the first half again by hand: all duplicates, and the tables are what one
+    // application of everything gives.
+    for event in &events[..half] {
+        assert_eq!(checker.apply(event).await.unwrap(), ApplyOutcome::Duplicate);
+    }
+    let (_, reference) = env.database("reference").await;
+    migrate(&reference).await.unwrap();
+    let one_by_one = Projector::new(reference.clone(), client, env.namespace.clone(), 1);
+    for event in &events {
+        assert_eq!(
+            one_by_one.apply(event).await.unwrap(),
+            ApplyOutcome::Applied
+        );
+    }
+    let after = tillstream_projections::checksum::checksum(&pool)
+        .await
+        .unwrap();
+    assert_ne!(before, after, "the second half was applied");
+    assert_eq!(
+        after.differences(
+            &tillstream_projections::checksum::checksum(&reference)
+                .await
+                .unwrap()
+        ),
+        Vec::<String>::new(),
+        "nothing of the first half was applied twice"
+    );
+    assert!(dead_letters::waiting(&pool).await.unwrap().is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_watch_wakes_when_the_projector_commits_its_aggregate() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1);
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let watch = tillstream_projections::ReadModelWatch::default();
+    watch.spawn_listener(
+        &tillstream_projections::queries::Reads::new(pool.clone()),
+        shutdown.clone(),
+    );
+    tillstream_testkit::eventually(std::time::Duration::from_secs(10), "listening", || async {
+        watch.is_listening().then_some(())
+    })
+    .await;
+
+    let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let watched = watch.watch("order", &order_id.to_string());
+    let changed = watched.changed();
+    assert_eq!(
+        projector
+            .apply(&order_placed(order_id, user_id))
+            .await
+            .unwrap(),
+        ApplyOutcome::Applied
+    );
+    // No poll anywhere: only the notification can complete this.
+    tokio::time::timeout(std::time::Duration::from_secs(10), changed)
+        .await
+        .expect("the commit's notification wakes the watch");
+    shutdown.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_event_the_database_refuses_fails_alone_in_a_batch_of_many_aggregates() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let (client, js) = env.jetstream().await;
+
+    // 60 orders of 60 customers in one backlog; one order's note holds a NUL character,
+    // which decodes but which `jsonb` refuses, so the batch's multi-row history insert fails
+    // and the batch must be applied again event by event.
+    let orders: Vec<(Uuid, Uuid)> = (0..60).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
+    let mut acks = Vec::new();
+    for (i, (order_id, user_id)) in orders.iter().enumerate() {
+        let mut events = vec![order_placed(*order_id, *user_id)];
+        if i == 30 {
+            events[0].payload["note"] = json!("a\u{0}b");
+        }
+        events.push(envelope(
+            "order",
+            *order_id,
+            2,
+            "OrderPaid",
+            json!({"payment_reference": "p", "amount_cents": 2500}),
+        ));
+        for event in events {
+            let subject = env.namespace.event_subject("order", &event.aggregate_id);
+            acks.push(
+                js.publish(subject, serde_json::to_vec(&event).unwrap().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1)
+        .with_retry_policy(RetryPolicy {
+            max_deliveries: 2,
+            first_delay: std::time::Duration::from_millis(20),
+        });
+    let running = tokio::spawn(projector.run(shutdown.clone()));
+    tillstream_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "59 paid orders",
+        || async {
+            let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PAID'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (paid == 59).then_some(())
+        },
+    )
+    .await;
+    let refused = orders[30].0.to_string();
+    let refused_checkpoint: Option<i64> =
+        sqlx::query_scalar("SELECT sequence FROM projection_checkpoints WHERE aggregate_id = $1")
+            .bind(&refused)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        refused_checkpoint, None,
+        "the refused order changed nothing"
+    );
+    let (items, history, placed): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM order_items), (SELECT count(*) FROM order_history), \
+             (SELECT coalesce(sum(orders_placed), 0)::bigint FROM user_order_stats)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (items, history, placed),
+        (118, 118, 59),
+        "every other order once, with both its events"
+    );
+    shutdown.cancel();
+    running.await.unwrap();
+    env.cleanup().await;
+}

@@ -13,6 +13,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::Html;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use tillstream_projections::ReadModelWatch;
 use tillstream_projections::queries::Reads;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::ops::{self, Readiness};
@@ -34,6 +35,8 @@ use crate::rest;
 use tillstream_events::Namespace;
 
 pub struct App {
+    reads: Reads,
+    watch: ReadModelWatch,
     nats: async_nats::Client,
     namespace: Namespace,
     listener: TcpListener,
@@ -189,13 +192,16 @@ impl App {
             config.limits.rate_limit_per_second,
             config.limits.rate_limit_burst,
         );
+        let watch = ReadModelWatch::default();
         Ok(App {
+            reads: reads.clone(),
+            watch: watch.clone(),
             nats: client,
             namespace,
             publisher,
             listener: grpc_host::bind(config.http_addr).await?,
             router: router(
-                Operations::new(reads, backends),
+                Operations::new(reads, backends).with_watch(watch),
                 streams,
                 TokenVerifier::load(&KeyPaths::in_dir(&config.data_dir))?,
                 readiness,
@@ -223,6 +229,7 @@ impl App {
             shutdown.clone(),
         );
         tokio::spawn(self.rate_limit.housekeeping(shutdown.clone()));
+        self.watch.spawn_listener(&self.reads, shutdown.clone());
         // With the peer address, for the rate limit of anonymous callers.
         let served = axum::serve(
             self.listener,

@@ -11,6 +11,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tillstream_events::Role;
+use tillstream_projections::ReadModelWatch;
+use tillstream_projections::applied::Watched;
 use tillstream_projections::queries::{OrderWithItems, Reads, UserRow};
 use tillstream_proto::audit::v1 as audit_pb;
 use tillstream_proto::order::v1 as order_pb;
@@ -185,9 +187,14 @@ fn paged<T>(
 /// Reads with `load` until the row has at least `min_version` (when asked), for at most
 /// `wait`; then says plainly that the write is not visible yet. A `min_version` below 1
 /// (versions start at 1) is bad input, answered at once.
+///
+/// Between reads it waits for the projector's notification that `watched` was applied
+/// ([`ReadModelWatch`]), or for a poll interval (5 ms, doubling to 100 ms), whichever comes
+/// first: the poll is the fallback when a notification is lost or the listener is down.
 async fn read_your_write<T, F, Fut>(
     min_version: Option<i64>,
     wait: Duration,
+    watched: Option<Watched>,
     load: F,
     version: impl Fn(&T) -> i64,
 ) -> Result<Option<T>, ApiError>
@@ -204,6 +211,8 @@ where
     let deadline = tokio::time::Instant::now() + wait;
     let mut pause = Duration::from_millis(5);
     loop {
+        // Watching starts before the read, so a commit right after it still wakes us.
+        let changed = watched.as_ref().map(Watched::changed);
         let row = load().await.map_err(ApiError::reads)?;
         let Some(wanted) = min_version else {
             return Ok(row);
@@ -216,7 +225,16 @@ where
                 "version {wanted} is not in the read model yet; retry shortly"
             )));
         }
-        tokio::time::sleep(pause).await;
+        let notified = async {
+            match changed {
+                Some(changed) => changed.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)) => {}
+        }
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
@@ -228,6 +246,9 @@ pub struct Operations {
     pub backends: Backends,
     /// Whether a caller's account is still active, each answer remembered for a second.
     accounts: Arc<CachedAccountStatus<Reads>>,
+    /// Wakes reads waiting for a version when the projector applies it; without a
+    /// listener (the default) they poll only.
+    pub watch: ReadModelWatch,
 }
 
 impl Operations {
@@ -236,7 +257,19 @@ impl Operations {
             accounts: Arc::new(CachedAccountStatus::new(reads.clone())),
             reads,
             backends,
+            watch: ReadModelWatch::default(),
         }
+    }
+
+    /// Waiting reads wake on `watch`'s notifications too.
+    pub fn with_watch(mut self, watch: ReadModelWatch) -> Self {
+        self.watch = watch;
+        self
+    }
+
+    /// Interest in one aggregate, for a read that waits for `min_version`.
+    fn watched(&self, aggregate_type: &str, id: Uuid, min_version: Option<i64>) -> Option<Watched> {
+        min_version.map(|_| self.watch.watch(aggregate_type, &id.to_string()))
     }
 
     /// The signed-in, active caller, or UNAUTHENTICATED.
@@ -268,6 +301,7 @@ impl Operations {
         read_your_write(
             min_version,
             READ_YOUR_WRITES_WAIT,
+            self.watched(tillstream_events::user::AGGREGATE_TYPE, id, min_version),
             || self.reads.user(id),
             |u| u.version,
         )
@@ -297,6 +331,7 @@ impl Operations {
         let order = read_your_write(
             min_version,
             wait,
+            self.watched(tillstream_events::order::AGGREGATE_TYPE, id, min_version),
             || self.reads.order(id),
             |o| o.order.version,
         )
@@ -630,6 +665,7 @@ mod tests {
             let answer = read_your_write(
                 Some(bad),
                 Duration::from_secs(3600),
+                None,
                 || async { Ok::<Option<i64>, sqlx::Error>(None) },
                 |version| *version,
             )
@@ -640,6 +676,7 @@ mod tests {
         let found = read_your_write(
             Some(1),
             Duration::from_secs(3600),
+            None,
             || async { Ok::<Option<i64>, sqlx::Error>(Some(1)) },
             |version| *version,
         )

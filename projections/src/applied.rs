@@ -1,0 +1,224 @@
+//! Telling readers which aggregates the projector has just applied, so a read that waits
+//! for a version (the gateway's `minVersion`) wakes when its aggregate changes instead of
+//! only on a timer.
+//!
+//! The projector sends `NOTIFY` on [`CHANNEL`] inside the transaction that applies the
+//! events; Postgres delivers it when that transaction commits, never before and never
+//! for a rolled-back one. Each payload is a list of `<aggregate type>:<id>:<version>` lines.
+//! A [`ReadModelWatch`] `LISTEN`s on the read-model database and wakes the reads waiting
+//! for the aggregates named. Notifications are a hint, not a guarantee (a listener
+//! reconnecting misses some): readers keep polling as a fallback and always read the row
+//! itself before answering. The same mechanism serves the all-in-one process and the split
+//! deployment, where the gateway and projector are different processes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Postgres, Transaction};
+use tillstream_runtime::Shutdown;
+use tillstream_runtime::retry::Backoff;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+
+use crate::queries::Reads;
+
+/// The channel the projector notifies on after applying events.
+pub const CHANNEL: &str = "tillstream_projection_applied";
+
+/// Postgres refuses payloads of 8000 bytes or more; lines are packed below that.
+const MAX_PAYLOAD: usize = 7_000;
+
+/// Queues, inside `tx`, a notification naming each aggregate and the version it reached.
+pub(crate) async fn notify(
+    tx: &mut Transaction<'_, Postgres>,
+    applied: &[(&str, &str, i64)],
+) -> Result<(), sqlx::Error> {
+    if applied.is_empty() {
+        return Ok(());
+    }
+    let mut payloads = vec![String::new()];
+    for (aggregate_type, id, version) in applied {
+        let line = format!("{aggregate_type}:{id}:{version}");
+        let current = payloads
+            .last_mut()
+            .filter(|p| p.len() + line.len() < MAX_PAYLOAD);
+        match current {
+            Some(payload) => {
+                if !payload.is_empty() {
+                    payload.push('\n');
+                }
+                payload.push_str(&line);
+            }
+            None => payloads.push(line),
+        }
+    }
+    sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
+        .bind(CHANNEL)
+        .bind(&payloads)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The aggregates the payload of one notification names, as `(type, id)`.
+fn named(payload: &str) -> impl Iterator<Item = (&str, &str)> {
+    payload.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        Some((parts.next()?, parts.next()?))
+    })
+}
+
+/// Wakes reads waiting for an aggregate when the projector reports having applied it.
+/// Cloning shares the one listener.
+#[derive(Clone, Default)]
+pub struct ReadModelWatch {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Per watched aggregate (`type:id`): its wake-up and how many reads hold it.
+    waiting: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    listening: AtomicBool,
+}
+
+impl Inner {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Notify>, usize)>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes every waiting read: after a gap in listening, anything may have changed.
+    fn wake_all(&self) {
+        for (notify, _) in self.waiting().values() {
+            notify.notify_waiters();
+        }
+    }
+}
+
+impl ReadModelWatch {
+    /// Listens on the read-model database of `reads` until `shutdown`, reconnecting with
+    /// backoff. Without it a watch is never notified, and waiting reads only poll.
+    pub fn spawn_listener(&self, reads: &Reads, shutdown: Shutdown) {
+        tokio::spawn(self.clone().listen(reads.pool.clone(), shutdown));
+    }
+
+    /// Whether notifications are arriving (false before the first connection and while
+    /// reconnecting); readers may poll less often while it is true.
+    pub fn is_listening(&self) -> bool {
+        self.inner.listening.load(Ordering::Relaxed)
+    }
+
+    /// Starts watching one aggregate; dropping the answer stops it.
+    pub fn watch(&self, aggregate_type: &str, id: &str) -> Watched {
+        let key = format!("{aggregate_type}:{id}");
+        let notify = {
+            let mut waiting = self.inner.waiting();
+            let entry = waiting
+                .entry(key.clone())
+                .or_insert_with(|| (Arc::new(Notify::new()), 0));
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        Watched {
+            inner: self.inner.clone(),
+            key,
+            notify,
+        }
+    }
+
+    async fn listen(self, pool: PgPool, shutdown: Shutdown) {
+        let mut backoff = Backoff::default();
+        loop {
+            let listened = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                listened = self.listen_once(&pool) => listened,
+            };
+            self.inner.listening.store(false, Ordering::Relaxed);
+            self.inner.wake_all();
+            match listened {
+                Ok(()) => backoff.reset(),
+                Err(error) => {
+                    tracing::debug!(%error, "read-model watch lost its listener; reads poll until it is back")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff.next_delay().min(Duration::from_secs(5))) => {}
+            }
+        }
+        self.inner.listening.store(false, Ordering::Relaxed);
+    }
+
+    /// One connection's worth of notifications; returns when the connection is lost.
+    async fn listen_once(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        self.inner.listening.store(true, Ordering::Relaxed);
+        // Whatever was applied before the LISTEN took effect was not announced to us.
+        self.inner.wake_all();
+        // `try_recv` says `None` when the connection dropped (`recv` would reconnect
+        // silently and hide the notifications lost meanwhile).
+        while let Some(notification) = listener.try_recv().await? {
+            let waiting = self.inner.waiting();
+            for (aggregate_type, id) in named(notification.payload()) {
+                if let Some((notify, _)) = waiting.get(&format!("{aggregate_type}:{id}")) {
+                    notify.notify_waiters();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One read's interest in an aggregate.
+pub struct Watched {
+    inner: Arc<Inner>,
+    key: String,
+    notify: Arc<Notify>,
+}
+
+impl Watched {
+    /// Completes at the next notification naming the aggregate (or a listener restart)
+    /// after this call: call it before reading the row, then await it, and no commit
+    /// between the read and the wait goes unnoticed.
+    pub fn changed(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let mut waiting = self.inner.waiting();
+        if let Some(entry) = waiting.get_mut(&self.key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                waiting.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_lines_name_type_and_id() {
+        let named: Vec<_> = named("order:1a:3\nuser:2b:1\nbroken").collect();
+        assert_eq!(named, vec![("order", "1a"), ("user", "2b")]);
+    }
+
+    #[tokio::test]
+    async fn a_watch_is_forgotten_when_its_last_read_drops_it() {
+        let watch = ReadModelWatch::default();
+        let first = watch.watch("order", "x");
+        let second = watch.watch("order", "x");
+        drop(first);
+        assert_eq!(watch.inner.waiting().len(), 1);
+        drop(second);
+        assert!(watch.inner.waiting().is_empty());
+    }
+}
