@@ -178,10 +178,11 @@ fn print_report(name: &str, report: &BacktestReport) {
     );
     for (series, mape) in [("request rate", report.rate), ("cpu", report.cpu)] {
         println!(
-            "  {series:<12} MAPE model {:>6.2}%   naive last-value {:>6.2}%   ({:+.1}% vs naive, {} windows scored)",
+            "  {series:<12} MAPE model {:>6.2}%   naive last-value {:>6.2}%   (model error {:.1}% {} than naive, {} windows scored)",
             100.0 * mape.model,
             100.0 * mape.naive,
-            -100.0 * mape.improvement,
+            100.0 * mape.improvement.abs(),
+            if mape.improvement >= 0.0 { "lower" } else { "higher" },
             mape.scored_windows
         );
     }
