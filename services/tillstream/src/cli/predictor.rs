@@ -182,7 +182,11 @@ fn print_report(name: &str, report: &BacktestReport) {
             100.0 * mape.model,
             100.0 * mape.naive,
             100.0 * mape.improvement.abs(),
-            if mape.improvement >= 0.0 { "lower" } else { "higher" },
+            if mape.improvement >= 0.0 {
+                "lower"
+            } else {
+                "higher"
+            },
             mape.scored_windows
         );
     }
