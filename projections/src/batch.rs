@@ -25,7 +25,7 @@ use tillstream_events::{
 use uuid::Uuid;
 
 use crate::projector::ApplyOutcome;
-use crate::read_model::{ApplyError, PROJECTION, StatsChange, uuid};
+use crate::read_model::{ApplyError, HistoryRow, ItemRow, PROJECTION, StatsChange, uuid};
 
 /// What applying a batch with one statement per table gave. Nothing is committed.
 pub(crate) enum SetApplied {
@@ -261,28 +261,6 @@ struct OrderChange {
     refund_due_cents: i64,
     updated_at: DateTime<Utc>,
     version: i64,
-}
-
-struct ItemRow {
-    order_id: Uuid,
-    line_no: i32,
-    sku: String,
-    name: String,
-    quantity: i32,
-    unit_price_cents: i64,
-    line_total_cents: i64,
-}
-
-struct HistoryRow {
-    order_id: Uuid,
-    sequence: i64,
-    event_type: String,
-    actor_id: Option<String>,
-    actor_role: Option<&'static str>,
-    correlation_id: String,
-    occurred_at: DateTime<Utc>,
-    /// JSON text; Postgres reads it into `jsonb` as it does the event-by-event path's value.
-    payload: String,
 }
 
 #[derive(Default)]

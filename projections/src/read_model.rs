@@ -1,6 +1,7 @@
 //! The read models and how each event changes them. Every function runs inside the
 //! projector's transaction; none commits.
 
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use tillstream_events::{
     EventEnvelope, OrderEvent, OrderStatus, UserEvent, UserStatus, order, user,
@@ -280,4 +281,29 @@ impl StatsChange {
         .await?;
         Ok(())
     }
+}
+
+/// An `order_items` row, as the set-based writers (the projector's batches, the rebuild's
+/// image) collect them before one multi-row insert.
+pub(crate) struct ItemRow {
+    pub(crate) order_id: Uuid,
+    pub(crate) line_no: i32,
+    pub(crate) sku: String,
+    pub(crate) name: String,
+    pub(crate) quantity: i32,
+    pub(crate) unit_price_cents: i64,
+    pub(crate) line_total_cents: i64,
+}
+
+/// An `order_history` row, as the set-based writers collect them.
+pub(crate) struct HistoryRow {
+    pub(crate) order_id: Uuid,
+    pub(crate) sequence: i64,
+    pub(crate) event_type: String,
+    pub(crate) actor_id: Option<String>,
+    pub(crate) actor_role: Option<&'static str>,
+    pub(crate) correlation_id: String,
+    pub(crate) occurred_at: DateTime<Utc>,
+    /// JSON text; Postgres reads it into `jsonb`, as it does the event-by-event path's value.
+    pub(crate) payload: String,
 }

@@ -28,6 +28,28 @@ fn envelope(
     }
 }
 
+/// Publishes `events` in order on their aggregates' subjects, then waits for every ack.
+async fn publish_all(
+    env: &TestEnv,
+    js: &async_nats::jetstream::Context,
+    events: Vec<EventEnvelope>,
+) {
+    let mut acks = Vec::new();
+    for event in events {
+        let subject = env
+            .namespace
+            .event_subject(&event.aggregate_type, &event.aggregate_id);
+        acks.push(
+            js.publish(subject, serde_json::to_vec(&event).unwrap().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
 fn order_placed(order_id: Uuid, user_id: Uuid) -> EventEnvelope {
     envelope(
         "order",
@@ -334,7 +356,7 @@ async fn a_backlog_is_applied_in_batches_without_one_bad_event_spoiling_the_rest
     // with an undecodable payment in the middle.
     let user_id = Uuid::now_v7();
     let orders: Vec<Uuid> = (0..100).map(|_| Uuid::now_v7()).collect();
-    let mut acks = Vec::new();
+    let mut backlog = Vec::new();
     for (i, order_id) in orders.iter().enumerate() {
         let mut events = vec![order_placed(*order_id, user_id)];
         let payment = if i == 50 {
@@ -343,18 +365,9 @@ async fn a_backlog_is_applied_in_batches_without_one_bad_event_spoiling_the_rest
             json!({"payment_reference": "p", "amount_cents": 2500})
         };
         events.push(envelope("order", *order_id, 2, "OrderPaid", payment));
-        for event in events {
-            let subject = env.namespace.event_subject("order", &event.aggregate_id);
-            acks.push(
-                js.publish(subject, serde_json::to_vec(&event).unwrap().into())
-                    .await
-                    .unwrap(),
-            );
-        }
+        backlog.extend(events);
     }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+    publish_all(&env, &js, backlog).await;
 
     let fast = RetryPolicy {
         max_deliveries: 2,
@@ -423,7 +436,7 @@ async fn two_projectors_share_one_stream_and_keep_each_aggregates_order() {
         ),
         ("OrderDelivered", json!({})),
     ];
-    let mut acks = Vec::new();
+    let mut backlog = Vec::new();
     for round in 0..4 {
         for order_id in &orders {
             let event = match round {
@@ -436,17 +449,10 @@ async fn two_projectors_share_one_stream_and_keep_each_aggregates_order() {
                     steps[n as usize - 1].1.clone(),
                 ),
             };
-            let subject = env.namespace.event_subject("order", &event.aggregate_id);
-            acks.push(
-                js.publish(subject, serde_json::to_vec(&event).unwrap().into())
-                    .await
-                    .unwrap(),
-            );
+            backlog.push(event);
         }
     }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+    publish_all(&env, &js, backlog).await;
     tillstream_testkit::eventually(
         std::time::Duration::from_secs(60),
         "40 delivered orders",
@@ -525,20 +531,7 @@ async fn a_mixed_backlog_applied_a_batch_at_a_time_equals_event_by_event() {
     for (i, repeat) in repeats.into_iter().enumerate() {
         log.insert((i * 31 + 5).min(log.len()), repeat);
     }
-    let mut acks = Vec::new();
-    for event in &log {
-        let subject = env
-            .namespace
-            .event_subject(&event.aggregate_type, &event.aggregate_id);
-        acks.push(
-            js.publish(subject, serde_json::to_vec(event).unwrap().into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+    publish_all(&env, &js, log.clone()).await;
 
     // The reference: the same log, one event and one transaction at a time.
     let one_by_one = Projector::new(reference.clone(), client.clone(), env.namespace.clone(), 1);
@@ -731,7 +724,7 @@ async fn an_event_the_database_refuses_fails_alone_in_a_batch_of_many_aggregates
     // which decodes but which `jsonb` refuses, so the batch's multi-row history insert fails
     // and the batch must be applied again event by event.
     let orders: Vec<(Uuid, Uuid)> = (0..60).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
-    let mut acks = Vec::new();
+    let mut backlog = Vec::new();
     for (i, (order_id, user_id)) in orders.iter().enumerate() {
         let mut events = vec![order_placed(*order_id, *user_id)];
         if i == 30 {
@@ -744,18 +737,9 @@ async fn an_event_the_database_refuses_fails_alone_in_a_batch_of_many_aggregates
             "OrderPaid",
             json!({"payment_reference": "p", "amount_cents": 2500}),
         ));
-        for event in events {
-            let subject = env.namespace.event_subject("order", &event.aggregate_id);
-            acks.push(
-                js.publish(subject, serde_json::to_vec(&event).unwrap().into())
-                    .await
-                    .unwrap(),
-            );
-        }
+        backlog.extend(events);
     }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+    publish_all(&env, &js, backlog).await;
 
     let shutdown = tillstream_runtime::Shutdown::new();
     let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1)

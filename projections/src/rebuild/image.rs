@@ -17,7 +17,7 @@ use tillstream_events::{
 };
 use uuid::Uuid;
 
-use crate::read_model::{ApplyError, PROJECTION};
+use crate::read_model::{ApplyError, HistoryRow, ItemRow, PROJECTION};
 
 /// Rows per `COPY` message.
 const CHUNK: usize = 10_000;
@@ -124,28 +124,6 @@ struct OrderRow {
     updated_at: DateTime<Utc>,
     version: i64,
     refund_due_cents: i64,
-}
-
-struct ItemRow {
-    order_id: Uuid,
-    line_no: i32,
-    sku: String,
-    name: String,
-    quantity: i32,
-    unit_price_cents: i64,
-    line_total_cents: i64,
-}
-
-struct HistoryRow {
-    order_id: Uuid,
-    sequence: i64,
-    event_type: String,
-    actor_id: Option<String>,
-    actor_role: Option<&'static str>,
-    correlation_id: String,
-    occurred_at: DateTime<Utc>,
-    /// JSON text; Postgres normalises it into `jsonb`.
-    payload: String,
 }
 
 #[derive(Default)]
