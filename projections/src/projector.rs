@@ -266,7 +266,18 @@ impl Projector {
         } else {
             tracing::Span::none()
         };
-        async {
+        // Each event's own trace shows it applied: a `projector.apply` span per event,
+        // continuing the trace its `traceparent` header names, linked to the batch's span
+        // and open while the batch is applied.
+        let event_spans: Vec<tracing::Span> = decoded
+            .iter()
+            .map(|(message, envelope)| {
+                let event_span = apply_span(message, envelope);
+                event_span.follows_from(&span);
+                event_span
+            })
+            .collect();
+        let applied = async {
             let events: Vec<&EventEnvelope> = decoded.iter().map(|(_, e)| e).collect();
             let mut tx = begin(&self.pool).await?;
             match batch::apply(&mut tx, &events).await? {
@@ -278,7 +289,9 @@ impl Projector {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        drop(event_spans);
+        applied
     }
 
     /// Applies `decoded` in one transaction, each event under its own savepoint, and commits
@@ -290,22 +303,7 @@ impl Projector {
         let mut outcomes = Vec::with_capacity(decoded.len());
         let mut tx = begin(&self.pool).await?;
         for (message, envelope) in decoded {
-            // Each event's work continues the trace its `traceparent` header names.
-            let span = if telemetry::exporting() {
-                tracing::info_span!(
-                    "projector.apply",
-                    otel.kind = "consumer",
-                    messaging.system = "nats",
-                    messaging.message.id = %envelope.message_id(),
-                    correlation_id = %envelope.metadata.correlation_id,
-                )
-            } else {
-                tracing::Span::none()
-            };
-            trace_context::continue_from(
-                &span,
-                trace_context::from_nats(message.headers.as_ref()).as_ref(),
-            );
+            let span = apply_span(message, envelope);
             outcomes.push(apply_in(&mut tx, envelope).instrument(span).await);
         }
         let applied: Vec<(&str, &str, i64)> = decoded
@@ -545,4 +543,24 @@ async fn claim(
             expected: current as u64 + 1,
         }
     }))
+}
+
+/// The span of one event's application, continuing the trace its `traceparent` header
+/// names (a disabled span when no traces are exported).
+fn apply_span(message: &jetstream::Message, envelope: &EventEnvelope) -> tracing::Span {
+    if !telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "projector.apply",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.message.id = %envelope.message_id(),
+        correlation_id = %envelope.metadata.correlation_id,
+    );
+    trace_context::continue_from(
+        &span,
+        trace_context::from_nats(message.headers.as_ref()).as_ref(),
+    );
+    span
 }
