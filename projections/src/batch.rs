@@ -395,17 +395,7 @@ impl Writes {
         let (status, refund_due_cents) = match payload {
             OrderEvent::OrderPlaced(e) => {
                 *order_owner = owner;
-                for (line, item) in e.items.into_iter().enumerate() {
-                    self.items.push(ItemRow {
-                        order_id: id,
-                        line_no: line as i32 + 1,
-                        sku: item.sku,
-                        name: item.name,
-                        quantity: item.quantity as i32,
-                        unit_price_cents: item.unit_price_cents,
-                        line_total_cents: item.line_total_cents,
-                    });
-                }
+                self.items.extend(ItemRow::of_order(id, e.items));
                 self.new_order_at.insert(id, self.new_orders.len());
                 self.new_orders.push(NewOrder {
                     id,

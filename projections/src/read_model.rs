@@ -295,6 +295,27 @@ pub(crate) struct ItemRow {
     pub(crate) line_total_cents: i64,
 }
 
+impl ItemRow {
+    /// The rows of a placed order's lines, numbered from 1.
+    pub(crate) fn of_order(
+        order_id: Uuid,
+        lines: Vec<order::OrderLine>,
+    ) -> impl Iterator<Item = ItemRow> {
+        lines
+            .into_iter()
+            .enumerate()
+            .map(move |(line, item)| ItemRow {
+                order_id,
+                line_no: line as i32 + 1,
+                sku: item.sku,
+                name: item.name,
+                quantity: item.quantity as i32,
+                unit_price_cents: item.unit_price_cents,
+                line_total_cents: item.line_total_cents,
+            })
+    }
+}
+
 /// An `order_history` row, as the set-based writers collect them.
 pub(crate) struct HistoryRow {
     pub(crate) order_id: Uuid,

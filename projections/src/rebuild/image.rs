@@ -260,17 +260,7 @@ impl Image {
             };
         match payload {
             OrderEvent::OrderPlaced(e) => {
-                for (line, item) in e.items.into_iter().enumerate() {
-                    self.items.push(ItemRow {
-                        order_id: id,
-                        line_no: line as i32 + 1,
-                        sku: item.sku,
-                        name: item.name,
-                        quantity: item.quantity as i32,
-                        unit_price_cents: item.unit_price_cents,
-                        line_total_cents: item.line_total_cents,
-                    });
-                }
+                self.items.extend(ItemRow::of_order(id, e.items));
                 self.orders.insert(
                     id,
                     OrderRow {
