@@ -274,10 +274,13 @@ fn predictor_trace_and_backtest() {
 async fn predictor_record_turns_the_metrics_stream_into_a_trace_for_the_backtest() {
     let env = tillstream_testkit::TestEnv::new();
     let (_, js) = env.jetstream().await;
-    // Two minutes of traffic at 3 requests/s, as the gateway reports it, a minute ago.
-    let start = chrono::Utc::now() - chrono::Duration::seconds(180);
+    // Two and a half minutes of traffic at 3 requests/s, as the gateway reports it, ending
+    // a minute ago: 15 windows of 10 s, of which the first (partial) is left out and the
+    // last may still be open at the end (it closes only a grace period after its end), so
+    // at least 12 whole ones whatever the alignment.
+    let start = chrono::Utc::now() - chrono::Duration::seconds(210);
     let mut acks = Vec::new();
-    for i in 0..360 {
+    for i in 0..450 {
         let metric = tillstream_events::RequestMetric {
             service: "gateway".to_owned(),
             instance: "gw-1".to_owned(),
@@ -307,14 +310,14 @@ async fn predictor_record_turns_the_metrics_stream_into_a_trace_for_the_backtest
         .env("TILLSTREAM_NATS_URL", nats_url())
         .env("TILLSTREAM_NAMESPACE", env.namespace.prefix()));
     assert!(ok, "{text}");
-    assert!(text.contains("from 360 messages (0 skipped)"), "{text}");
+    assert!(text.contains("from 450 messages (0 skipped)"), "{text}");
     let trace = tillstream_predictor::trace::read(&file).expect("a trace the backtest reads");
     let full: Vec<f64> = trace[1..trace.len() - 1].iter().map(|p| p.rate).collect();
     assert!(
         full.len() >= 10 && full.iter().all(|r| (r - 3.0).abs() < 0.15),
         "whole windows hold 3 requests/s: {full:?}"
     );
-    // Two minutes is less than the forecast horizon: read, but nothing to score.
+    // Two and a half minutes is less than the forecast horizon: read, but nothing to score.
     let (ok, text) = run(binary().args([
         "predictor",
         "backtest",
