@@ -19,20 +19,55 @@
 //! `TILLSTREAM_BIN_DIR` names a folder of ready binaries instead (release builds, CI
 //! caches); nothing is built then.
 
+use std::collections::hash_map::RandomState;
 use std::fs::{File, OpenOptions};
+use std::hash::BuildHasher;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (the kernel's pick; free when this returns).
+/// A free TCP port on 127.0.0.1 for a child process to listen on.
+///
+/// The port is picked below the kernel's ephemeral range (`ip_local_port_range`), never in
+/// it: a port the kernel hands out for `bind(0)` is also one it may hand to an outgoing
+/// connection (a nats-server route, a client) between this call and the child's bind, which
+/// once failed a cluster test with "Address already in use". Ports are taken in turn from a
+/// start that differs per process, and each is checked free by binding it, so neither the
+/// tests of one binary nor two binaries running at once are handed the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the kernel hands out a free port")
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let (low, high) = port_range();
+    let span = u32::from(high - low);
+    let next = NEXT.get_or_init(|| {
+        let seed = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        AtomicU32::new((seed % u64::from(span)) as u32)
+    });
+    for _ in 0..span {
+        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = low + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 in {low}..{high}")
+}
+
+/// The ports `free_port` picks from: from 20000 up to the start of the ephemeral range
+/// (32768 on a default Linux), or 20000..30000 when that range cannot be read or starts
+/// too low to leave room.
+fn port_range() -> (u16, u16) {
+    const LOW: u16 = 20_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+    match ephemeral_low {
+        Some(start) if start > LOW + 1000 => (LOW, start),
+        _ => (LOW, 30_000),
+    }
 }
 
 /// A loopback address on a free port.
