@@ -18,12 +18,15 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Transaction};
+use tillstream_events::{order, user};
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::retry::Backoff;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
+use uuid::Uuid;
 
-use crate::queries::Reads;
+use crate::queries::{OrderWithItems, Reads, UserRow};
+use crate::read_cache::{RESET, ReadCache};
 
 /// The channel the projector notifies on after applying events.
 pub const CHANNEL: &str = "tillstream_projection_applied";
@@ -63,15 +66,27 @@ pub(crate) async fn notify(
     Ok(())
 }
 
-/// The aggregates the payload of one notification names, as `(type, id)`.
-fn named(payload: &str) -> impl Iterator<Item = (&str, &str)> {
+/// Queues, inside `tx`, a notification that every read-model row may have changed (a
+/// rebuild's swap): caches empty and waiting reads read again.
+pub(crate) async fn notify_reset(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(RESET)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The aggregates the payload of one notification names, as `(type, id, version)`.
+fn named(payload: &str) -> impl Iterator<Item = (&str, &str, i64)> {
     payload.lines().filter_map(|line| {
         let mut parts = line.splitn(3, ':');
-        Some((parts.next()?, parts.next()?))
+        Some((parts.next()?, parts.next()?, parts.next()?.parse().ok()?))
     })
 }
 
-/// Wakes reads waiting for an aggregate when the projector reports having applied it.
+/// Wakes reads waiting for an aggregate when the projector reports having applied it, and
+/// keeps the [`ReadCache`]s of orders and users exact (see [`crate::read_cache`]).
 /// Cloning shares the one listener.
 #[derive(Clone, Default)]
 pub struct ReadModelWatch {
@@ -83,6 +98,8 @@ struct Inner {
     /// Per watched aggregate (`type:id`): its wake-up and how many reads hold it.
     waiting: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
     listening: AtomicBool,
+    orders: ReadCache<OrderWithItems>,
+    users: ReadCache<UserRow>,
 }
 
 impl Inner {
@@ -94,6 +111,34 @@ impl Inner {
     fn wake_all(&self) {
         for (notify, _) in self.waiting().values() {
             notify.notify_waiters();
+        }
+    }
+
+    /// Empties the caches, which serve from now on only while `listening`.
+    fn reset_caches(&self, listening: bool) {
+        self.orders.reset(listening);
+        self.users.reset(listening);
+    }
+
+    /// Acts on one notification's payload.
+    fn notified(&self, payload: &str) {
+        if payload.lines().any(|line| line == RESET) {
+            self.reset_caches(true);
+            self.wake_all();
+            return;
+        }
+        let waiting = self.waiting();
+        for (aggregate_type, id, version) in named(payload) {
+            if let Ok(uuid) = Uuid::parse_str(id) {
+                match aggregate_type {
+                    order::AGGREGATE_TYPE => self.orders.invalidate(uuid, version),
+                    user::AGGREGATE_TYPE => self.users.invalidate(uuid, version),
+                    _ => {}
+                }
+            }
+            if let Some((notify, _)) = waiting.get(&format!("{aggregate_type}:{id}")) {
+                notify.notify_waiters();
+            }
         }
     }
 }
@@ -109,6 +154,16 @@ impl ReadModelWatch {
     /// reconnecting); readers may poll less often while it is true.
     pub fn is_listening(&self) -> bool {
         self.inner.listening.load(Ordering::Relaxed)
+    }
+
+    /// Orders as the gateway last read them, kept exact by the notifications.
+    pub fn orders(&self) -> &ReadCache<OrderWithItems> {
+        &self.inner.orders
+    }
+
+    /// Users as the gateway last read them, kept exact by the notifications.
+    pub fn users(&self) -> &ReadCache<UserRow> {
+        &self.inner.users
     }
 
     /// Starts watching one aggregate; dropping the answer stops it.
@@ -137,6 +192,7 @@ impl ReadModelWatch {
                 listened = self.listen_once(&pool) => listened,
             };
             self.inner.listening.store(false, Ordering::Relaxed);
+            self.inner.reset_caches(false);
             self.inner.wake_all();
             match listened {
                 Ok(()) => backoff.reset(),
@@ -150,6 +206,7 @@ impl ReadModelWatch {
             }
         }
         self.inner.listening.store(false, Ordering::Relaxed);
+        self.inner.reset_caches(false);
     }
 
     /// One connection's worth of notifications; returns when the connection is lost.
@@ -158,16 +215,12 @@ impl ReadModelWatch {
         listener.listen(CHANNEL).await?;
         self.inner.listening.store(true, Ordering::Relaxed);
         // Whatever was applied before the LISTEN took effect was not announced to us.
+        self.inner.reset_caches(true);
         self.inner.wake_all();
         // `try_recv` says `None` when the connection dropped (`recv` would reconnect
         // silently and hide the notifications lost meanwhile).
         while let Some(notification) = listener.try_recv().await? {
-            let waiting = self.inner.waiting();
-            for (aggregate_type, id) in named(notification.payload()) {
-                if let Some((notify, _)) = waiting.get(&format!("{aggregate_type}:{id}")) {
-                    notify.notify_waiters();
-                }
-            }
+            self.inner.notified(notification.payload());
         }
         Ok(())
     }
@@ -207,8 +260,8 @@ mod tests {
 
     #[test]
     fn payload_lines_name_type_and_id() {
-        let named: Vec<_> = named("order:1a:3\nuser:2b:1\nbroken").collect();
-        assert_eq!(named, vec![("order", "1a"), ("user", "2b")]);
+        let named: Vec<_> = named("order:1a:3\nuser:2b:1\nbroken\norder:3c:x").collect();
+        assert_eq!(named, vec![("order", "1a", 3), ("user", "2b", 1)]);
     }
 
     #[tokio::test]

@@ -16,8 +16,9 @@
 //! statement ([`batch`]), so a backlog costs a dozen round trips per batch rather than
 //! several per event. When the database refuses such a statement, the batch is applied
 //! again one event at a time under savepoints, so a poison event fails alone. After the
-//! commit the projector's `NOTIFY` tells readers which aggregates changed ([`applied`]);
-//! acks go out only after the commit.
+//! commit the projector's `NOTIFY` tells readers which aggregates changed ([`applied`]),
+//! which wakes reads waiting for a version and keeps the gateway's in-memory rows exact
+//! ([`read_cache`]); acks go out only after the commit.
 //!
 //! An event that still cannot be applied after its retries (undecodable, of an unknown
 //! type, or waiting on an earlier event that never came) is a dead letter: kept in the
@@ -37,6 +38,7 @@ mod config;
 pub mod dead_letters;
 mod projector;
 pub mod queries;
+pub mod read_cache;
 pub mod read_model;
 pub mod rebuild;
 
@@ -44,3 +46,4 @@ pub use app::{App, migrate, migrator};
 pub use applied::ReadModelWatch;
 pub use config::{Cli, Config};
 pub use projector::{ApplyOutcome, Projector, ProjectorError, RetryPolicy};
+pub use read_cache::ReadCache;

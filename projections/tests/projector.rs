@@ -714,6 +714,64 @@ async fn a_watch_wakes_when_the_projector_commits_its_aggregate() {
 }
 
 #[tokio::test]
+async fn a_cached_order_is_dropped_when_the_projector_applies_a_newer_version() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1);
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let reads = tillstream_projections::queries::Reads::new(pool.clone());
+    let watch = tillstream_projections::ReadModelWatch::default();
+    watch.spawn_listener(&reads, shutdown.clone());
+    let cache = watch.orders();
+    tillstream_testkit::eventually(std::time::Duration::from_secs(10), "serving", || async {
+        cache.is_serving().then_some(())
+    })
+    .await;
+
+    let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
+    projector
+        .apply(&order_placed(order_id, user_id))
+        .await
+        .unwrap();
+    let ticket = cache.ticket();
+    let placed = reads.order(order_id).await.unwrap().expect("placed");
+    cache.put(ticket, order_id, 1, std::sync::Arc::new(placed.clone()));
+    assert_eq!(cache.get(&order_id, None).unwrap().order.status, "PLACED");
+
+    let paid = envelope(
+        "order",
+        order_id,
+        2,
+        "OrderPaid",
+        json!({"payment_reference": "p", "amount_cents": 2500}),
+    );
+    assert_eq!(projector.apply(&paid).await.unwrap(), ApplyOutcome::Applied);
+    tillstream_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "the notification drops version 1",
+        || async { cache.get(&order_id, None).is_none().then_some(()) },
+    )
+    .await;
+    // A read that fetched version 1 before the commit cannot put it back.
+    cache.put(ticket, order_id, 1, std::sync::Arc::new(placed.clone()));
+    cache.put(cache.ticket(), order_id, 1, std::sync::Arc::new(placed));
+    assert!(cache.get(&order_id, None).is_none());
+    let ticket = cache.ticket();
+    let now = reads.order(order_id).await.unwrap().expect("paid");
+    cache.put(
+        ticket,
+        order_id,
+        now.order.version,
+        std::sync::Arc::new(now),
+    );
+    assert_eq!(cache.get(&order_id, Some(2)).unwrap().order.status, "PAID");
+    shutdown.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn an_event_the_database_refuses_fails_alone_in_a_batch_of_many_aggregates() {
     let env = TestEnv::new();
     let (_, pool) = env.database("reads").await;

@@ -249,6 +249,8 @@ pub async fn rebuild(
                 .execute(&mut *tx)
                 .await?;
         }
+        // Readers' caches hold rows of the tables just retired.
+        crate::applied::notify_reset(&mut tx).await?;
         tx.commit().await?;
         report.swap = locked_at.elapsed();
         progress.update(Phase::Swapping, target, target);

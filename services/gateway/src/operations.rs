@@ -11,9 +11,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tillstream_events::Role;
-use tillstream_projections::ReadModelWatch;
 use tillstream_projections::applied::Watched;
 use tillstream_projections::queries::{OrderWithItems, Reads, UserRow};
+use tillstream_projections::{ReadCache, ReadModelWatch};
 use tillstream_proto::audit::v1 as audit_pb;
 use tillstream_proto::order::v1 as order_pb;
 use tillstream_proto::user::v1 as user_pb;
@@ -239,6 +239,35 @@ where
     }
 }
 
+/// A row from `cache` when it holds `id` at `min_version` or newer (the projector's
+/// notifications keep it exact; see [`tillstream_projections::read_cache`]), otherwise
+/// from `read`, and kept for the next read.
+async fn through_cache<V, F, Fut>(
+    cache: &ReadCache<V>,
+    id: Uuid,
+    min_version: Option<i64>,
+    read: F,
+    version: impl Fn(&V) -> i64,
+) -> Result<Option<V>, ApiError>
+where
+    V: Clone,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<V>, ApiError>>,
+{
+    // A version below one is bad input, which `read` reports.
+    if min_version.is_none_or(|v| v >= 1)
+        && let Some(hit) = cache.get(&id, min_version)
+    {
+        return Ok(Some(V::clone(&hit)));
+    }
+    let ticket = cache.ticket();
+    let row = read().await?;
+    if let Some(row) = &row {
+        cache.put(ticket, id, version(row), Arc::new(row.clone()));
+    }
+    Ok(row)
+}
+
 /// The read models and command services, as both transports use them.
 #[derive(Clone)]
 pub struct Operations {
@@ -282,7 +311,14 @@ impl Operations {
         let Ok(id) = Uuid::parse_str(&caller.user_id) else {
             return Ok(None);
         };
-        self.reads.user(id).await.map_err(ApiError::reads)
+        through_cache(
+            self.watch.users(),
+            id,
+            None,
+            || async { self.reads.user(id).await.map_err(ApiError::reads) },
+            |u| u.version,
+        )
+        .await
     }
 
     /// A user; customers may read only themselves (FORBIDDEN otherwise). With
@@ -298,11 +334,19 @@ impl Operations {
                 "customers may read only themselves".to_owned(),
             ));
         }
-        read_your_write(
+        through_cache(
+            self.watch.users(),
+            id,
             min_version,
-            READ_YOUR_WRITES_WAIT,
-            self.watched(tillstream_events::user::AGGREGATE_TYPE, id, min_version),
-            || self.reads.user(id),
+            || {
+                read_your_write(
+                    min_version,
+                    READ_YOUR_WRITES_WAIT,
+                    self.watched(tillstream_events::user::AGGREGATE_TYPE, id, min_version),
+                    || self.reads.user(id),
+                    |u| u.version,
+                )
+            },
             |u| u.version,
         )
         .await
@@ -328,11 +372,19 @@ impl Operations {
         min_version: Option<i64>,
         wait: Duration,
     ) -> Result<Option<OrderWithItems>, ApiError> {
-        let order = read_your_write(
+        let order = through_cache(
+            self.watch.orders(),
+            id,
             min_version,
-            wait,
-            self.watched(tillstream_events::order::AGGREGATE_TYPE, id, min_version),
-            || self.reads.order(id),
+            || {
+                read_your_write(
+                    min_version,
+                    wait,
+                    self.watched(tillstream_events::order::AGGREGATE_TYPE, id, min_version),
+                    || self.reads.order(id),
+                    |o| o.order.version,
+                )
+            },
             |o| o.order.version,
         )
         .await?;
