@@ -2,7 +2,10 @@
 //! columns the relay reads by, and the command loop that writes to it.
 //!
 //! Commands run as: load the aggregate from its events, let it decide, commit the new
-//! events in one transaction with the next sequences ([`CommandBus`]).
+//! events with the next sequences and the idempotency record in one statement, or in one
+//! transaction with the command's enlisted writes ([`CommandBus`]). A command creating an
+//! aggregate under an id just made skips the load ([`CommandBus::execute_new`]), so it
+//! costs one round trip.
 
 use std::sync::Arc;
 
@@ -131,8 +134,8 @@ impl cqrs_es::persist::EventUpcaster for StoreUpcaster {
 /// Executes commands of aggregate `A` against the Postgres event store.
 ///
 /// Loading goes through postgres-es (and so through cqrs-es's upcasters); committing is
-/// done here, in one transaction holding the events (with the next sequences), the
-/// idempotency record and any [`Enlisted`] writes. Two commands racing on one aggregate
+/// done here, in one statement holding the events (with the next sequences) and the
+/// idempotency record, inside one transaction with any [`Enlisted`] writes. Two commands racing on one aggregate
 /// both insert the same `(aggregate_type, aggregate_id, sequence)`; the primary key lets
 /// one win and the other gets [`CommandError::Conflict`]. Nothing is half-written: either
 /// all of a command's rows commit or none do.
@@ -179,22 +182,85 @@ impl<A: Aggregate> CommandBus<A> {
         let result = self
             .execute_untimed(id, command, metadata, idempotency, enlisted)
             .await;
-        let outcome = match &result {
-            Ok(c) if c.replayed => "replayed",
-            Ok(_) => "ok",
-            Err(CommandError::Rejected(_)) => "rejected",
-            Err(CommandError::Conflict { .. }) => "conflict",
-            Err(CommandError::IdempotencyMismatch { .. } | CommandError::Unique { .. }) => {
-                "invalid"
-            }
-            Err(CommandError::Unavailable(_)) => "unavailable",
-            Err(CommandError::Internal(_)) => "internal",
-        };
-        let labels = [("aggregate", A::TYPE), ("outcome", outcome)];
-        metrics::counter!("tillstream_commands_total", &labels).increment(1);
-        metrics::histogram!("tillstream_command_duration_seconds", &labels)
-            .record(started.elapsed().as_secs_f64());
+        record_outcome::<A>(&result, started);
         result
+    }
+
+    /// Runs `command` on an aggregate whose id the caller has just made (a v7 UUID): it has
+    /// no events, so none are loaded, and the events and idempotency record are committed
+    /// in one statement. A retry under the same idempotency key (with a new id) finds the
+    /// first answer when its record collides, and returns that instead.
+    pub async fn execute_new(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        let started = std::time::Instant::now();
+        let result = self
+            .execute_new_untimed(id, command, metadata, idempotency)
+            .await;
+        record_outcome::<A>(&result, started);
+        result
+    }
+
+    async fn execute_new_untimed(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        let sink = cqrs_es::event_sink::EventSink::default();
+        A::default()
+            .handle(command, &self.services, &sink)
+            .await
+            .map_err(CommandError::Rejected)?;
+        let events = sink.collect().await;
+        self.commit(id, 0, &events, metadata, idempotency, None)
+            .await
+    }
+
+    /// Commits `events` after sequence `current` with the idempotency record: in one
+    /// statement, or with `enlisted`'s writes in one transaction. When the idempotency
+    /// record collides with an earlier one (a concurrent or retried command under the same
+    /// key), nothing is written and the earlier answer is the answer.
+    async fn commit(
+        &self,
+        id: &str,
+        current: u64,
+        events: &[A::Event],
+        metadata: &EventMetadata,
+        idempotency: Option<&Idempotency>,
+        enlisted: Option<&dyn Enlisted>,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        let appended = match enlisted {
+            None => append::<A>(&self.pool, id, current, events, metadata, idempotency).await,
+            Some(write) => {
+                async {
+                    let mut tx = self.pool.begin().await?;
+                    append::<A>(&mut *tx, id, current, events, metadata, idempotency).await?;
+                    write.write(&mut tx).await?;
+                    tx.commit().await
+                }
+                .await
+            }
+        };
+        match appended {
+            Ok(()) => Ok(Committed {
+                id: id.to_owned(),
+                version: current + events.len() as u64,
+                replayed: false,
+            }),
+            Err(error) if is_idempotency_collision(&error) => match idempotency {
+                Some(idem) => self.recorded(idem).await?.ok_or_else(|| {
+                    CommandError::Internal("idempotency record vanished".to_owned())
+                }),
+                None => Err(classify::<A>(error)),
+            },
+            Err(error) => Err(classify::<A>(error)),
+        }
     }
 
     async fn execute_untimed(
@@ -219,59 +285,9 @@ impl<A: Aggregate> CommandBus<A> {
             .await
             .map_err(CommandError::Rejected)?;
         let events = sink.collect().await;
-        let version = current + events.len() as u64;
 
-        let mut tx = self.pool.begin().await.map_err(classify::<A>)?;
-        let meta = serde_json::to_value(metadata.to_map())
-            .map_err(|e| CommandError::Internal(e.to_string()))?;
-        for (offset, event) in events.iter().enumerate() {
-            let payload =
-                serde_json::to_value(event).map_err(|e| CommandError::Internal(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(A::TYPE)
-            .bind(id)
-            .bind((current + 1 + offset as u64) as i64)
-            .bind(event.event_type())
-            .bind(event.event_version())
-            .bind(&payload)
-            .bind(&meta)
-            .execute(&mut *tx)
+        self.commit(id, current, &events, metadata, idempotency, enlisted)
             .await
-            .map_err(classify::<A>)?;
-        }
-        if let Some(write) = enlisted {
-            write.write(&mut tx).await.map_err(classify::<A>)?;
-        }
-        if let Some(idem) = idempotency {
-            let recorded = sqlx::query(
-                "INSERT INTO idempotency_keys (caller, key, request_hash, aggregate_id, version) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(&idem.caller)
-            .bind(&idem.key)
-            .bind(&idem.request_hash)
-            .bind(id)
-            .bind(version as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify::<A>)?;
-            if recorded.rows_affected() == 0 {
-                // The same key committed concurrently: that command's answer is the answer.
-                tx.rollback().await.map_err(classify::<A>)?;
-                return self.recorded(idem).await?.ok_or_else(|| {
-                    CommandError::Internal("idempotency record vanished".to_owned())
-                });
-            }
-        }
-        tx.commit().await.map_err(classify::<A>)?;
-        Ok(Committed {
-            id: id.to_owned(),
-            version,
-            replayed: false,
-        })
     }
 
     /// The recorded answer for `idem`, or None; a different request under the same key is
@@ -302,6 +318,83 @@ impl<A: Aggregate> CommandBus<A> {
             })),
         }
     }
+}
+
+/// Appends `events` after sequence `current` with the idempotency record, in one
+/// statement (one round trip, and one implicit transaction when `executor` is the pool).
+/// The events take their `global_position`s in sequence order.
+async fn append<'e, A: Aggregate>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: &str,
+    current: u64,
+    events: &[A::Event],
+    metadata: &EventMetadata,
+    idempotency: Option<&Idempotency>,
+) -> Result<(), sqlx::Error> {
+    let meta =
+        serde_json::to_value(metadata.to_map()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let mut sequences = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut versions = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for (offset, event) in events.iter().enumerate() {
+        sequences.push((current + 1 + offset as u64) as i64);
+        types.push(event.event_type());
+        versions.push(event.event_version());
+        payloads.push(serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    sqlx::query(
+        "WITH appended AS ( \
+           INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+           SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7 \
+           FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
+             AS e(sequence, event_type, event_version, payload) \
+           ORDER BY e.sequence \
+         ) \
+         INSERT INTO idempotency_keys (caller, key, request_hash, aggregate_id, version) \
+         SELECT $8, $9, $10, $2, $11 WHERE $8::text IS NOT NULL",
+    )
+    .bind(A::TYPE)
+    .bind(id)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&meta)
+    .bind(idempotency.map(|i| i.caller.as_str()))
+    .bind(idempotency.map(|i| i.key.as_str()))
+    .bind(idempotency.map(|i| i.request_hash.as_str()))
+    .bind((current + events.len() as u64) as i64)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Counts a command's outcome and times it.
+fn record_outcome<A: Aggregate>(
+    result: &Result<Committed, CommandError<A::Error>>,
+    started: std::time::Instant,
+) {
+    let outcome = match result {
+        Ok(c) if c.replayed => "replayed",
+        Ok(_) => "ok",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(CommandError::Conflict { .. }) => "conflict",
+        Err(CommandError::IdempotencyMismatch { .. } | CommandError::Unique { .. }) => "invalid",
+        Err(CommandError::Unavailable(_)) => "unavailable",
+        Err(CommandError::Internal(_)) => "internal",
+    };
+    let labels = [("aggregate", A::TYPE), ("outcome", outcome)];
+    metrics::counter!("tillstream_commands_total", &labels).increment(1);
+    metrics::histogram!("tillstream_command_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Whether `error` is an idempotency record colliding with an earlier one (the same
+/// caller and key).
+fn is_idempotency_collision(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23505") && db.constraint() == Some("idempotency_keys_pkey"))
 }
 
 /// Sorts a database error into what a client can do about it.

@@ -106,12 +106,19 @@ impl OrderGrpc {
 
     /// The user must exist and be active. A caller ordering for themselves proves their
     /// account exists (tokens are issued only to registered, active accounts, and the gate
-    /// has already refused a deactivated one), so an account the read model does not have
-    /// yet is accepted at once; an admin or service ordering for someone else gives a
+    /// has already refused a deactivated one), so it is not asked about again, even when
+    /// the read model does not have it yet; an admin or service ordering for someone else gives a
     /// just-registered account a short grace period to reach the read model.
     async fn require_active_user(&self, caller: &Caller, user_id: &str) -> Result<(), Status> {
         let id = Uuid::parse_str(user_id)
             .map_err(|_| grpc::invalid_field("user_id", "must be a UUID"))?;
+        let ordering_for_self =
+            caller.role != Role::Service && Uuid::parse_str(&caller.user_id).ok() == Some(id);
+        if ordering_for_self {
+            // The gate has just asked about this very account (`Gate::caller`): not
+            // deactivated, as of at most `ACCOUNT_STATUS_TTL` ago.
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + USER_VISIBILITY_WAIT;
         loop {
             match self
@@ -126,11 +133,6 @@ impl OrderGrpc {
                     return Err(Status::failed_precondition(format!(
                         "user {user_id} is deactivated"
                     )));
-                }
-                None if caller.role != Role::Service
-                    && Uuid::parse_str(&caller.user_id).ok() == Some(id) =>
-                {
-                    return Ok(());
                 }
                 None if tokio::time::Instant::now() >= deadline => {
                     return Err(Status::failed_precondition(format!(
@@ -200,12 +202,11 @@ impl pb::order_service_server::OrderService for OrderGrpc {
         let order_id = Uuid::now_v7().to_string();
         let committed = self
             .commands
-            .execute(
+            .execute_new(
                 &order_id,
                 OrderCommand::Place(placement),
                 &context.metadata,
                 context.idempotency.as_ref(),
-                None,
             )
             .await
             .map_err(command_status)?;

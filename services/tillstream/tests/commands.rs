@@ -127,10 +127,38 @@ async fn a_repeated_idempotency_key_returns_the_first_answer() {
         replayed.id, placed.id,
         "the retry answers with the first order"
     );
+    // Ten retries at once: each makes its own order id, one record wins, all answer it.
+    let retries = (0..10).map(|_| {
+        let mut orders = orders.clone();
+        let request = authorized(
+            order_pb::PlaceOrderRequest {
+                idempotency_key: "checkout-8".into(),
+                ..place(&first.id)
+            },
+            &token,
+        );
+        async move { orders.place_order(request).await.map(|r| r.into_inner().id) }
+    });
+    let answers: Vec<String> = futures::future::try_join_all(retries).await.unwrap();
+    assert!(
+        answers.iter().all(|id| *id == answers[0]),
+        "one answer for one key: {answers:?}"
+    );
+    assert_ne!(answers[0], placed.id);
+    let other_order = order_pb::PlaceOrderRequest {
+        idempotency_key: "checkout-7".into(),
+        currency: "USD".into(),
+        ..place(&first.id)
+    };
+    let error = orders
+        .place_order(authorized(other_order, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
     assert_eq!(
         count(&platform, "orders", "SELECT count(*) FROM events").await,
-        1,
-        "one order, one event"
+        2,
+        "two orders, one event each"
     );
 
     let pay = order_pb::PayOrderRequest {
