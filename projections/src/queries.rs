@@ -259,11 +259,20 @@ const ORDER_COLUMNS: &str =
 /// The orders `picked` selects ([`ORDER_COLUMNS`]), each joined with its lines, sorted by
 /// `order_by` (over `picked`'s columns) and then line number: one round trip for orders
 /// and lines, decoded by [`group_lines`].
+///
+/// The lines are a `LATERAL` subquery with `OFFSET 0`, which Postgres does not flatten into
+/// a join: each picked order looks its lines up by the `order_items` primary key. As a
+/// plain join, a planner without statistics (autovacuum off, or a table grown since its
+/// last `ANALYZE`) hashed the whole `order_items` table for a page of 20 orders: 10.8 ms
+/// against 0.9 ms with 15 000 orders.
 fn with_lines(picked: &str, order_by: &str) -> String {
     format!(
         "WITH picked AS ({picked}) \
          SELECT picked.*, i.sku, i.name, i.quantity, i.unit_price_cents, i.line_total_cents \
-         FROM picked LEFT JOIN order_items i ON i.order_id = picked.id \
+         FROM picked LEFT JOIN LATERAL ( \
+           SELECT sku, name, quantity, unit_price_cents, line_total_cents, line_no \
+           FROM order_items WHERE order_id = picked.id OFFSET 0 \
+         ) i ON true \
          ORDER BY {order_by}, i.line_no"
     )
 }

@@ -416,8 +416,12 @@ fn classify<A: Aggregate>(error: sqlx::Error) -> CommandError<A::Error> {
             }
             _ => CommandError::Internal(error.to_string()),
         },
+        // A connection that cannot be made or broke mid-conversation (a proxy that accepts
+        // and closes answers the TLS request with garbage: a protocol error).
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed => CommandError::Unavailable(error.to_string()),
         _ => CommandError::Internal(error.to_string()),
