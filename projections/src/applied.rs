@@ -213,9 +213,10 @@ impl ReadModelWatch {
     async fn listen_once(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(CHANNEL).await?;
-        self.inner.listening.store(true, Ordering::Relaxed);
-        // Whatever was applied before the LISTEN took effect was not announced to us.
+        // Whatever was applied before the LISTEN took effect was not announced to us. The
+        // caches serve from here on, before `is_listening` says so.
         self.inner.reset_caches(true);
+        self.inner.listening.store(true, Ordering::Relaxed);
         self.inner.wake_all();
         // `try_recv` says `None` when the connection dropped (`recv` would reconnect
         // silently and hide the notifications lost meanwhile).
@@ -259,7 +260,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payload_lines_name_type_and_id() {
+    fn payload_lines_name_type_id_and_version() {
         let named: Vec<_> = named("order:1a:3\nuser:2b:1\nbroken\norder:3c:x").collect();
         assert_eq!(named, vec![("order", "1a", 3), ("user", "2b", 1)]);
     }

@@ -677,23 +677,35 @@ async fn events_applied_before_a_crash_are_skipped_when_delivered_again() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_watch_wakes_when_the_projector_commits_its_aggregate() {
-    let env = TestEnv::new();
+/// A projector on a fresh read model, and a watch listening to it (awaited), until the
+/// returned shutdown.
+async fn listened_projector(
+    env: &TestEnv,
+) -> (
+    Projector,
+    tillstream_projections::queries::Reads,
+    tillstream_projections::ReadModelWatch,
+    tillstream_runtime::Shutdown,
+) {
     let (_, pool) = env.database("reads").await;
     migrate(&pool).await.unwrap();
     let client = async_nats::connect(nats_url()).await.unwrap();
     let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1);
     let shutdown = tillstream_runtime::Shutdown::new();
+    let reads = tillstream_projections::queries::Reads::new(pool);
     let watch = tillstream_projections::ReadModelWatch::default();
-    watch.spawn_listener(
-        &tillstream_projections::queries::Reads::new(pool.clone()),
-        shutdown.clone(),
-    );
+    watch.spawn_listener(&reads, shutdown.clone());
     tillstream_testkit::eventually(std::time::Duration::from_secs(10), "listening", || async {
         watch.is_listening().then_some(())
     })
     .await;
+    (projector, reads, watch, shutdown)
+}
+
+#[tokio::test]
+async fn a_watch_wakes_when_the_projector_commits_its_aggregate() {
+    let env = TestEnv::new();
+    let (projector, _, watch, shutdown) = listened_projector(&env).await;
 
     let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
     let watched = watch.watch("order", &order_id.to_string());
@@ -716,19 +728,12 @@ async fn a_watch_wakes_when_the_projector_commits_its_aggregate() {
 #[tokio::test]
 async fn a_cached_order_is_dropped_when_the_projector_applies_a_newer_version() {
     let env = TestEnv::new();
-    let (_, pool) = env.database("reads").await;
-    migrate(&pool).await.unwrap();
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1);
-    let shutdown = tillstream_runtime::Shutdown::new();
-    let reads = tillstream_projections::queries::Reads::new(pool.clone());
-    let watch = tillstream_projections::ReadModelWatch::default();
-    watch.spawn_listener(&reads, shutdown.clone());
+    let (projector, reads, watch, shutdown) = listened_projector(&env).await;
     let cache = watch.orders();
-    tillstream_testkit::eventually(std::time::Duration::from_secs(10), "serving", || async {
-        cache.is_serving().then_some(())
-    })
-    .await;
+    assert!(
+        cache.is_serving(),
+        "the cache serves once the watch listens"
+    );
 
     let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
     projector

@@ -178,12 +178,7 @@ impl<A: Aggregate> CommandBus<A> {
         idempotency: Option<&Idempotency>,
         enlisted: Option<&dyn Enlisted>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        let started = std::time::Instant::now();
-        let result = self
-            .execute_untimed(id, command, metadata, idempotency, enlisted)
-            .await;
-        record_outcome::<A>(&result, started);
-        result
+        timed::<A>(self.execute_untimed(id, command, metadata, idempotency, enlisted)).await
     }
 
     /// Runs `command` on an aggregate whose id the caller has just made (a v7 UUID): it has
@@ -197,12 +192,7 @@ impl<A: Aggregate> CommandBus<A> {
         metadata: &EventMetadata,
         idempotency: Option<&Idempotency>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        let started = std::time::Instant::now();
-        let result = self
-            .execute_new_untimed(id, command, metadata, idempotency)
-            .await;
-        record_outcome::<A>(&result, started);
-        result
+        timed::<A>(self.execute_new_untimed(id, command, metadata, idempotency)).await
     }
 
     async fn execute_new_untimed(
@@ -370,12 +360,13 @@ async fn append<'e, A: Aggregate>(
     Ok(())
 }
 
-/// Counts a command's outcome and times it.
-fn record_outcome<A: Aggregate>(
-    result: &Result<Committed, CommandError<A::Error>>,
-    started: std::time::Instant,
-) {
-    let outcome = match result {
+/// Runs a command, counting its outcome and timing it.
+async fn timed<A: Aggregate>(
+    command: impl std::future::Future<Output = Result<Committed, CommandError<A::Error>>>,
+) -> Result<Committed, CommandError<A::Error>> {
+    let started = std::time::Instant::now();
+    let result = command.await;
+    let outcome = match &result {
         Ok(c) if c.replayed => "replayed",
         Ok(_) => "ok",
         Err(CommandError::Rejected(_)) => "rejected",
@@ -388,6 +379,7 @@ fn record_outcome<A: Aggregate>(
     metrics::counter!("tillstream_commands_total", &labels).increment(1);
     metrics::histogram!("tillstream_command_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
+    result
 }
 
 /// Whether `error` is an idempotency record colliding with an earlier one (the same
