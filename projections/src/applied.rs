@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Transaction};
-use tillstream_events::{order, user};
+use tillstream_events::order;
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::retry::Backoff;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use uuid::Uuid;
 
-use crate::queries::{OrderWithItems, Reads, UserRow};
+use crate::queries::{OrderWithItems, Reads};
 use crate::read_cache::{RESET, ReadCache};
 
 /// The channel the projector notifies on after applying events.
@@ -86,7 +86,7 @@ fn named(payload: &str) -> impl Iterator<Item = (&str, &str, i64)> {
 }
 
 /// Wakes reads waiting for an aggregate when the projector reports having applied it, and
-/// keeps the [`ReadCache`]s of orders and users exact (see [`crate::read_cache`]).
+/// keeps the [`ReadCache`] of orders exact (see [`crate::read_cache`]).
 /// Cloning shares the one listener.
 #[derive(Clone, Default)]
 pub struct ReadModelWatch {
@@ -99,7 +99,6 @@ struct Inner {
     waiting: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
     listening: AtomicBool,
     orders: ReadCache<OrderWithItems>,
-    users: ReadCache<UserRow>,
 }
 
 impl Inner {
@@ -117,7 +116,6 @@ impl Inner {
     /// Empties the caches, which serve from now on only while `listening`.
     fn reset_caches(&self, listening: bool) {
         self.orders.reset(listening);
-        self.users.reset(listening);
     }
 
     /// Acts on one notification's payload.
@@ -129,12 +127,10 @@ impl Inner {
         }
         let waiting = self.waiting();
         for (aggregate_type, id, version) in named(payload) {
-            if let Ok(uuid) = Uuid::parse_str(id) {
-                match aggregate_type {
-                    order::AGGREGATE_TYPE => self.orders.invalidate(uuid, version),
-                    user::AGGREGATE_TYPE => self.users.invalidate(uuid, version),
-                    _ => {}
-                }
+            if aggregate_type == order::AGGREGATE_TYPE
+                && let Ok(uuid) = Uuid::parse_str(id)
+            {
+                self.orders.invalidate(uuid, version);
             }
             if let Some((notify, _)) = waiting.get(&format!("{aggregate_type}:{id}")) {
                 notify.notify_waiters();
@@ -159,11 +155,6 @@ impl ReadModelWatch {
     /// Orders as the gateway last read them, kept exact by the notifications.
     pub fn orders(&self) -> &ReadCache<OrderWithItems> {
         &self.inner.orders
-    }
-
-    /// Users as the gateway last read them, kept exact by the notifications.
-    pub fn users(&self) -> &ReadCache<UserRow> {
-        &self.inner.users
     }
 
     /// Starts watching one aggregate; dropping the answer stops it.

@@ -80,26 +80,26 @@ async fn a_rebuild_replaces_the_read_models_with_the_fold_of_the_log_while_the_p
 
     let shape = structure(&live).await;
 
-    // A reader caches a drifted row; a hand edit sends no notification, the swap does.
+    // A reader caches a row of the live tables; the swap notifies that every row changed.
     let reads = tillstream_projections::queries::Reads::new(live.clone());
     let watch = tillstream_projections::ReadModelWatch::default();
     watch.spawn_listener(&reads, shutdown.clone());
-    let cache = watch.users();
+    let cache = watch.orders();
     tillstream_testkit::eventually(Duration::from_secs(10), "serving", || async {
         cache.is_serving().then_some(())
     })
     .await;
-    let drifted_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
+    let order_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM orders LIMIT 1")
         .fetch_one(&live)
         .await
         .unwrap();
-    let row = reads.user(drifted_id).await.unwrap().expect("a user");
+    let row = reads.order(order_id).await.unwrap().expect("an order");
     // Kept under an id no event names, so only the swap's reset can drop it.
     let cached_id = uuid::Uuid::now_v7();
     cache.put(
         cache.ticket(),
         cached_id,
-        row.version,
+        row.order.version,
         std::sync::Arc::new(row),
     );
     assert!(cache.get(&cached_id, None).is_some());

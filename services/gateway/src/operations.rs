@@ -311,14 +311,9 @@ impl Operations {
         let Ok(id) = Uuid::parse_str(&caller.user_id) else {
             return Ok(None);
         };
-        through_cache(
-            self.watch.users(),
-            id,
-            None,
-            || async { self.reads.user(id).await.map_err(ApiError::reads) },
-            |u| u.version,
-        )
-        .await
+        // Not cached: a user's order count and total change with order events, which do
+        // not change the user's version.
+        self.reads.user(id).await.map_err(ApiError::reads)
     }
 
     /// A user; customers may read only themselves (FORBIDDEN otherwise). With
@@ -334,19 +329,12 @@ impl Operations {
                 "customers may read only themselves".to_owned(),
             ));
         }
-        through_cache(
-            self.watch.users(),
-            id,
+        // Not cached, as `me`.
+        read_your_write(
             min_version,
-            || {
-                read_your_write(
-                    min_version,
-                    READ_YOUR_WRITES_WAIT,
-                    self.watched(tillstream_events::user::AGGREGATE_TYPE, id, min_version),
-                    || self.reads.user(id),
-                    |u| u.version,
-                )
-            },
+            READ_YOUR_WRITES_WAIT,
+            self.watched(tillstream_events::user::AGGREGATE_TYPE, id, min_version),
+            || self.reads.user(id),
             |u| u.version,
         )
         .await
