@@ -15,8 +15,8 @@ use tillstream_runtime::retry::Backoff;
 use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
 
-/// The Postgres channel the event store's trigger notifies on commit.
-const CHANNEL: &str = "tillstream_events";
+/// The Postgres channel on which command services announce their commits.
+const CHANNEL: &str = tillstream_runtime::event_store::EVENTS_CHANNEL;
 /// How long the relay sleeps without a notification before looking anyway (a NOTIFY can be
 /// missed while the listener reconnects, and the horizon moves when unrelated transactions end).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -195,6 +195,9 @@ impl Relay {
                 Some(l) => {
                     if l.recv().await.is_err() {
                         *listener = None;
+                    } else {
+                        // One pass publishes every commit announced so far.
+                        while l.next_buffered().is_some() {}
                     }
                 }
                 None => std::future::pending::<()>().await,

@@ -7,7 +7,7 @@
 //! aggregate under an id just made skips the load ([`CommandBus::execute_new`]), so it
 //! costs one round trip.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
@@ -16,6 +16,10 @@ use postgres_es::PostgresEventRepository;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tillstream_events::{EventMetadata, upcast};
+use tokio::sync::mpsc;
+
+/// The Postgres channel on which commits of new events are announced (the relay listens).
+pub const EVENTS_CHANNEL: &str = "tillstream_events";
 
 /// Applies the event-store schema. Event-store migrations are numbered 1xxxx and a
 /// service's own migrations 2xxxx; each migrator ignores the other's rows in the shared
@@ -143,6 +147,8 @@ pub struct CommandBus<A: Aggregate> {
     pool: PgPool,
     store: PersistedEventStore<PostgresEventRepository, A>,
     services: A::Services,
+    /// Wakes the task announcing commits on [`EVENTS_CHANNEL`]; started by the first commit.
+    announcer: OnceLock<mpsc::Sender<()>>,
 }
 
 impl<A: Aggregate> CommandBus<A> {
@@ -153,7 +159,21 @@ impl<A: Aggregate> CommandBus<A> {
             store: PersistedEventStore::new_event_store(repo)
                 .with_upcasters(vec![Box::new(StoreUpcaster)]),
             services,
+            announcer: OnceLock::new(),
         })
+    }
+
+    /// Has the relay told that events were committed, after the commit and outside its
+    /// transaction (see [`announce_commits`]).
+    fn announce_commit(&self) {
+        let wake = self.announcer.get_or_init(|| {
+            let (wake, woken) = mpsc::channel(1);
+            tokio::spawn(announce_commits(self.pool.clone(), woken));
+            wake
+        });
+        // A full channel means an announcement is already due, and it will come after
+        // this commit too.
+        let _ = wake.try_send(());
     }
 
     /// The event store's pool (for reads that bypass the aggregate, such as the audit trail).
@@ -238,11 +258,14 @@ impl<A: Aggregate> CommandBus<A> {
             }
         };
         match appended {
-            Ok(()) => Ok(Committed {
-                id: id.to_owned(),
-                version: current + events.len() as u64,
-                replayed: false,
-            }),
+            Ok(()) => {
+                self.announce_commit();
+                Ok(Committed {
+                    id: id.to_owned(),
+                    version: current + events.len() as u64,
+                    replayed: false,
+                })
+            }
             Err(error) if is_idempotency_collision(&error) => match idempotency {
                 Some(idem) => self.recorded(idem).await?.ok_or_else(|| {
                     CommandError::Internal("idempotency record vanished".to_owned())
@@ -306,6 +329,28 @@ impl<A: Aggregate> CommandBus<A> {
                 version: version as u64,
                 replayed: true,
             })),
+        }
+    }
+}
+
+/// Sends one `NOTIFY` on [`EVENTS_CHANNEL`] per wake-up, until the bus is dropped. Wakes
+/// that arrive while one is being sent are coalesced into the next, so every commit is
+/// followed by a notification sent after it, and a busy service sends far fewer than one
+/// per command.
+///
+/// The notification is its own statement because a transaction that notifies holds
+/// PostgreSQL's cluster-wide notification lock across its commit's WAL flush: had each
+/// command notified, durable commands could not share a flush (group commit), and
+/// throughput would stop at one flush per command. A notification that fails to go out
+/// costs latency only: the relay also looks every half second.
+async fn announce_commits(pool: PgPool, mut woken: mpsc::Receiver<()>) {
+    while woken.recv().await.is_some() {
+        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(EVENTS_CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "commit not announced; the relay will find it when it next looks");
         }
     }
 }

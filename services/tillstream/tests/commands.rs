@@ -73,6 +73,40 @@ async fn one_email_registered_concurrently_succeeds_once() {
     platform.stop().await;
 }
 
+/// A command's commit is announced on the relay's channel after it is made, by the service
+/// rather than by the command's own transaction (which would serialize durable commits on
+/// PostgreSQL's notification lock; docs/performance.md, Fix 7), and no trigger is left on
+/// the events table to do it inside the transaction.
+#[tokio::test]
+async fn a_committed_command_is_announced_outside_its_transaction() {
+    let platform = TestPlatform::start().await;
+    let pool = platform.env.connect("users");
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen(tillstream_runtime::event_store::EVENTS_CHANNEL)
+        .await
+        .unwrap();
+    let mut users = platform.users().await;
+    users
+        .register_user(register("announced@example.com", "announced"))
+        .await
+        .unwrap();
+    let notification = tokio::time::timeout(DEADLINE, listener.recv())
+        .await
+        .expect("a notification within the deadline")
+        .unwrap();
+    assert_eq!(
+        notification.channel(),
+        tillstream_runtime::event_store::EVENTS_CHANNEL
+    );
+    let triggers =
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass AND NOT tgisinternal";
+    assert_eq!(count(&platform, "users", triggers).await, 0);
+    platform.stop().await;
+}
+
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_first_answer() {
     let platform = TestPlatform::start().await;
