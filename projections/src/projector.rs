@@ -20,6 +20,12 @@ use crate::read_model::{self, ApplyError, PROJECTION};
 
 /// Most events applied in one transaction.
 const MAX_BATCH: usize = 500;
+/// How long a pull request stands at the server, and how often the server says it is
+/// still there. Shorter than async-nats's defaults (30 s and 15 s): a pull lost with a
+/// server that went away is replaced within seconds, not half a minute, and two missed
+/// heartbeats end the stream so [`Projector::run`] consumes afresh.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How many times JetStream has delivered `message` (1 the first time).
 fn delivered(message: &jetstream::Message) -> u32 {
@@ -143,6 +149,8 @@ impl Projector {
         let mut batches = consumer
             .stream()
             .max_messages_per_batch(MAX_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?
