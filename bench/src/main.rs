@@ -11,11 +11,16 @@
 //! target/release/tillstream-bench visibility --rate 1000 --duration 10
 //! target/release/tillstream-bench suite                # bench/results/suite-<time>.json
 //! target/release/tillstream-bench trace --minutes 80    # bench/results/trace-<time>.{csv,json}
+//! # idle RSS of each split service binary: build them first
+//! cargo build --release -p tillstream-bench -p tillstream-user -p tillstream-order \
+//!     -p tillstream-relay -p tillstream-projections -p tillstream-gateway --bins
+//! target/release/tillstream-bench idle-rss             # bench/results/idle-rss-<time>.json
 //! ```
 //!
 //! Each run uses its own databases and NATS namespace (testkit) and removes them after.
 
 mod baseline;
+mod idle_rss;
 mod load;
 mod machine;
 mod rebuild;
@@ -61,6 +66,10 @@ enum Command {
     /// for a long time, recorded from METRICS as the predictor's trace
     /// (`trace-<time>.csv`) and backtested.
     Trace(trace::TraceArgs),
+    /// Idle resident memory of each split service binary (user, order, a relay per event
+    /// store, projector, gateway) after start, and idle again after a customer's orders
+    /// went through them, against the per-service target.
+    IdleRss(idle_rss::IdleRssArgs),
     /// Starts a fresh `tillstream up` (rate limit off) for an outside load tool such as
     /// Locust, prints its addresses, and removes its databases and streams on Ctrl-C.
     Serve,
@@ -76,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Visibility(args) => ("visibility", load::run_visibility(args).await?),
         Command::Suite(args) => ("suite", suite::run(args).await?),
         Command::Trace(args) => ("trace", trace::run(args, &cli.out).await?),
+        Command::IdleRss(args) => ("idle-rss", idle_rss::run(args).await?),
         Command::Serve => return load::serve().await,
     };
     let document = serde_json::json!({

@@ -112,7 +112,8 @@ pub async fn place_order(
     Ok((reply.id, reply.version))
 }
 
-async fn await_count(
+/// Waits (up to 120 s) until `query` counts at least `at_least` rows in a read model.
+pub async fn await_count(
     reads: &tillstream_testkit::sqlx_pool::PgPool,
     query: &str,
     at_least: i64,
