@@ -112,7 +112,10 @@ async fn execute(
     min_versions: MinVersions,
     request: GraphQLRequest,
 ) -> axum::response::Response {
-    let request = request.into_inner();
+    let mut request = request.into_inner();
+    if let Some(parsed) = schema.data::<graphql::ParsedQueries>() {
+        parsed.prepare(&mut request);
+    }
     let slot = OperationSlot::new(request.operation_name.clone());
     let request = request
         .data(viewer)

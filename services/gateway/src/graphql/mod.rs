@@ -7,6 +7,7 @@
 mod extensions;
 mod loaders;
 mod mutation;
+mod parsed;
 mod query;
 mod subscription;
 mod types;
@@ -16,6 +17,7 @@ use async_graphql::{Context, Schema};
 pub use extensions::OperationSlot;
 pub use loaders::Loaders;
 pub use mutation::MutationRoot;
+pub use parsed::ParsedQueries;
 pub use query::QueryRoot;
 pub use subscription::{OrderEvents, SubscriptionRoot};
 pub use types::{Order, OrderItem, OrderStatus, Role, User, UserStatus};
@@ -55,6 +57,7 @@ pub fn schema(operations: Operations, streams: Streams, limits: &Limits) -> Gate
         .data(streams.events)
         .data(streams.autoscale)
         .data(operations)
+        .data(ParsedQueries::default())
         .limit_depth(limits.graphql_max_depth)
         .limit_complexity(limits.graphql_max_complexity)
         .extension(extensions::OperationLabel)
