@@ -20,7 +20,9 @@ use tillstream_proto::user::v1::{
 use tillstream_testkit::TestEnv;
 use tillstream_testkit::process::{ChildProcess, free_addr};
 
-use crate::load::platform::{ADMIN_EMAIL, ADMIN_PASSWORD, binary, rss_mib};
+use crate::load::platform::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, binary, kib_to_mib, proc_status, status_field,
+};
 use crate::load::seed::{self, Customer};
 
 /// The target: 30 MB (decimal), 28.6 MiB.
@@ -391,21 +393,12 @@ struct Memory {
 
 impl Memory {
     fn of(pid: u32) -> Option<Memory> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| -> Option<f64> {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        };
+        let status = proc_status(pid)?;
         Some(Memory {
-            rss_mib: rss_mib(pid)?,
-            anon_mib: field("RssAnon:").map(|kib| round1(kib / 1024.0)),
-            file_mib: field("RssFile:").map(|kib| round1(kib / 1024.0)),
-            threads: field("Threads:").map(|n| n as u64),
+            rss_mib: status_field(&status, "VmRSS:").map(kib_to_mib)?,
+            anon_mib: status_field(&status, "RssAnon:").map(kib_to_mib),
+            file_mib: status_field(&status, "RssFile:").map(kib_to_mib),
+            threads: status_field(&status, "Threads:").map(|n| n as u64),
         })
     }
 

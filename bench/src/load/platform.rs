@@ -116,15 +116,29 @@ impl RunningPlatform {
 
 /// `VmRSS` of a process, in MiB.
 pub fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
+    status_field(&proc_status(pid)?, "VmRSS:").map(kib_to_mib)
+}
+
+/// `/proc/<pid>/status`, read once for any number of [`status_field`]s.
+pub fn proc_status(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+/// The number of field `name` (with its colon) of a `/proc/<pid>/status` text: kB for the
+/// memory fields, a count for `Threads:`.
+pub fn status_field(status: &str, name: &str) -> Option<f64> {
+    status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(name))?
         .split_whitespace()
         .nth(1)?
         .parse()
-        .ok()?;
-    Some((kib / 1024.0 * 10.0).round() / 10.0)
+        .ok()
+}
+
+/// kB to MiB, to one decimal.
+pub fn kib_to_mib(kib: f64) -> f64 {
+    (kib / 1024.0 * 10.0).round() / 10.0
 }
 
 /// A workspace binary: from `TILLSTREAM_BIN_DIR`, else next to this one (the same
