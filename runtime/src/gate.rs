@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use quick_cache::sync::{EntryAction, EntryResult};
 use tillstream_events::Role;
 use tonic::{Request, Status};
 
@@ -30,12 +31,28 @@ pub const ACCOUNT_STATUS_TTL: Duration = Duration::from_secs(1);
 /// Accounts [`CachedAccountStatus`] remembers at most.
 const ACCOUNT_STATUS_CAPACITY: usize = 100_000;
 
+/// The read model's answer about one account, when it was asked for, and when it came.
+#[derive(Clone)]
+struct Answer {
+    answer: Result<Option<bool>, String>,
+    asked: Instant,
+    answered: Instant,
+}
+
 /// An [`AccountStatus`] that remembers each known answer for [`ACCOUNT_STATUS_TTL`], so a
-/// busy caller's requests do not each cost a read-model query. An unknown account
-/// (`None`) is asked again every time: it may be projected any moment.
+/// busy caller's requests do not each cost a read-model query.
+///
+/// One question per account is in flight at a time: lookups that arrive while it is
+/// asked wait for its answer (whatever it is: active, unknown, or an error) instead of
+/// asking too. Without that, a thousand concurrent requests of one account all asked at
+/// once whenever its answer expired; once the queue for the read model's connections grew
+/// longer than the TTL, every answer had expired before it was used and each request cost
+/// a query. An unknown account (`None`) or a failed question is asked again by any lookup
+/// that begins after its answer came: the account may be projected, or the database back,
+/// any moment.
 pub struct CachedAccountStatus<A> {
     inner: A,
-    answers: quick_cache::sync::Cache<String, (bool, Instant)>,
+    answers: quick_cache::sync::Cache<String, Answer>,
     ttl: Duration,
 }
 
@@ -51,23 +68,57 @@ impl<A: AccountStatus> CachedAccountStatus<A> {
             ttl,
         }
     }
+
+    /// Whether a lookup that began at `started` may use `answer`: one that came while the
+    /// lookup waited always, a known one also while it is younger than the TTL.
+    fn usable(&self, answer: &Answer, started: Instant) -> bool {
+        answer.answered > started
+            || (matches!(answer.answer, Ok(Some(_))) && answer.asked.elapsed() < self.ttl)
+    }
 }
 
 impl<A: AccountStatus> AccountStatus for CachedAccountStatus<A> {
     fn is_active(&self, user_id: &str) -> BoxFuture<'_, Result<Option<bool>, String>> {
-        if let Some((active, at)) = self.answers.get(user_id)
-            && at.elapsed() < self.ttl
+        if let Some(Answer {
+            answer: Ok(Some(active)),
+            asked,
+            ..
+        }) = self.answers.get(user_id)
+            && asked.elapsed() < self.ttl
         {
             return Box::pin(std::future::ready(Ok(Some(active))));
         }
         let user_id = user_id.to_owned();
         Box::pin(async move {
+            let started = Instant::now();
+            let entry = self
+                .answers
+                .entry_async(&user_id, |_, answer| {
+                    if self.usable(answer, started) {
+                        EntryAction::Retain(answer.answer.clone())
+                    } else {
+                        EntryAction::ReplaceWithGuard
+                    }
+                })
+                .await;
+            let guard = match entry {
+                EntryResult::Retained(answer) => return answer,
+                EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
+                // Neither is returned for this callback (it never removes, and
+                // `entry_async` has no timeout); ask without the cache.
+                EntryResult::Removed(..) | EntryResult::Timeout => {
+                    return self.inner.is_active(&user_id).await;
+                }
+            };
             let asked = Instant::now();
-            let answer = self.inner.is_active(&user_id).await?;
-            if let Some(active) = answer {
-                self.answers.insert(user_id, (active, asked));
-            }
-            Ok(answer)
+            let answer = self.inner.is_active(&user_id).await;
+            // Err only when the placeholder was removed meanwhile; the answer stands.
+            let _ = guard.insert(Answer {
+                answer: answer.clone(),
+                asked,
+                answered: Instant::now(),
+            });
+            answer
         })
     }
 }
@@ -133,6 +184,7 @@ pub async fn still_active(accounts: &dyn AccountStatus, caller: &Caller) -> Resu
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
@@ -180,6 +232,80 @@ mod tests {
         fresh.inner.set("ann", Some(false));
         assert_eq!(fresh.is_active("ann").await, Ok(Some(false)));
         assert_eq!(*fresh.inner.asked.lock().unwrap(), 2);
+    }
+
+    /// Answers `answer` once the gate opens, counting the questions.
+    struct Gated {
+        open: tokio::sync::watch::Receiver<bool>,
+        asked: AtomicUsize,
+        answer: Result<Option<bool>, String>,
+    }
+
+    impl AccountStatus for Gated {
+        fn is_active(&self, _: &str) -> BoxFuture<'_, Result<Option<bool>, String>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.open.clone();
+            Box::pin(async move {
+                let _ = open.wait_for(|open| *open).await;
+                self.answer.clone()
+            })
+        }
+    }
+
+    /// Lookups of one account that begin while its question is out wait for that answer,
+    /// whatever it is, instead of asking too.
+    #[tokio::test]
+    async fn concurrent_lookups_of_one_account_share_one_question() {
+        for answer in [Ok(Some(true)), Ok(None), Err("database away".to_owned())] {
+            let (open, gate) = tokio::sync::watch::channel(false);
+            let cached = Arc::new(CachedAccountStatus::with_ttl(
+                Gated {
+                    open: gate,
+                    asked: AtomicUsize::new(0),
+                    answer: answer.clone(),
+                },
+                Duration::from_secs(3600),
+            ));
+            let begun = Arc::new(AtomicUsize::new(0));
+            let lookups: Vec<_> = (0..50)
+                .map(|_| {
+                    let (cached, begun) = (cached.clone(), begun.clone());
+                    tokio::spawn(async move {
+                        begun.fetch_add(1, Ordering::SeqCst);
+                        cached.is_active("ann").await
+                    })
+                })
+                .collect();
+            // Every lookup has begun (and is waiting) before the answer comes.
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while begun.load(Ordering::SeqCst) < 50 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("lookups begin");
+            open.send(true).unwrap();
+            for lookup in lookups {
+                assert_eq!(lookup.await.unwrap(), answer);
+            }
+            assert_eq!(cached.inner.asked.load(Ordering::SeqCst), 1, "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_question_is_asked_again_by_the_next_lookup() {
+        let (_open, gate) = tokio::sync::watch::channel(true);
+        let cached = CachedAccountStatus::with_ttl(
+            Gated {
+                open: gate,
+                asked: AtomicUsize::new(0),
+                answer: Err("database away".to_owned()),
+            },
+            Duration::from_secs(3600),
+        );
+        assert!(cached.is_active("ann").await.is_err());
+        assert!(cached.is_active("ann").await.is_err());
+        assert_eq!(cached.inner.asked.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -32,7 +32,8 @@ const DURATION: &str = "tillstream_gateway_operation_duration_seconds";
 #[derive(Clone)]
 pub struct RequestMetrics {
     sender: mpsc::Sender<RequestMetric>,
-    instance: String,
+    /// Shared: axum clones the middleware's state for every request.
+    instance: Arc<str>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -58,7 +59,7 @@ pub fn channel(
     (
         RequestMetrics {
             sender,
-            instance: instance(),
+            instance: instance().into(),
             dropped: Arc::default(),
         },
         Publisher {
@@ -146,7 +147,7 @@ pub async fn measure(State(sink): State<RequestMetrics>, request: Request, next:
     metrics::histogram!(DURATION, &labels).record(elapsed.as_secs_f64());
     sink.record(RequestMetric {
         service: "gateway".to_owned(),
-        instance: sink.instance.clone(),
+        instance: sink.instance.to_string(),
         operation,
         status,
         latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
