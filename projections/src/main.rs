@@ -7,10 +7,9 @@ use tillstream_runtime::telemetry;
 fn main() -> anyhow::Result<()> {
     // Still one thread: the settings file may set environment variables.
     tillstream_runtime::config_file::load()?;
-    run(tillstream_projections::Cli::parse())
+    tillstream_runtime::rt::multi_thread()?.block_on(run(tillstream_projections::Cli::parse()))
 }
 
-#[tokio::main]
 async fn run(cli: tillstream_projections::Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(
         &cli.telemetry,

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod postgres;
 pub mod resources;
 pub mod retry;
+pub mod rt;
 pub mod secret_file;
 pub mod shutdown;
 pub mod startup;

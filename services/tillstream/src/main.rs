@@ -1,5 +1,8 @@
 //! `tillstream`: the platform's one binary. See `tillstream --help`.
 
+// `--features system-allocator` leaves the C library's malloc in place, for heap profilers
+// that intercept it (heaptrack; docs/performance.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -10,10 +13,9 @@ use tillstream_runtime::telemetry;
 fn main() -> anyhow::Result<()> {
     // Still one thread: the settings file may set environment variables.
     tillstream_runtime::config_file::load()?;
-    run(Cli::parse())
+    tillstream_runtime::rt::multi_thread()?.block_on(run(Cli::parse()))
 }
 
-#[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Servers log at info; one-off commands only warn.
     let filter = if cli.is_server() {
