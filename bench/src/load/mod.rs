@@ -47,6 +47,10 @@ pub struct LoadArgs {
     /// Mean pause of each user between requests, in milliseconds (0: flat out).
     #[arg(long, default_value_t = 0)]
     think_ms: u64,
+    /// Seconds the platform is left idle after the load, its clients gone, before its
+    /// memory is read again (`idle_after_load`).
+    #[arg(long, default_value_t = 5)]
+    idle_secs: u64,
     #[command(flatten)]
     seed: SeedArgs,
 }
@@ -123,12 +127,20 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<serde_json::Value> {
         duration: Duration::from_secs(args.duration),
         think: Duration::from_millis(args.think_ms),
     };
+    // The virtual users' connections close when `run` returns.
     let measured = scenarios::run(target, args.scenario, shape).await;
     let rss_after = platform.rss_mib();
+    tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+    let rss_idle = platform.rss_mib();
     platform.stop().await;
     let mut result = measured?.to_json();
     result["seed"] = json!({ "customers": args.seed.customers, "orders_per_customer": args.seed.orders_per_customer });
-    result["platform_rss_mib"] = json!({ "before_load": memory, "after_load": rss_after });
+    result["platform_rss_mib"] = json!({
+        "before_load": memory,
+        "after_load": rss_after,
+        "idle_after_load": rss_idle,
+        "idle_secs": args.idle_secs,
+    });
     Ok(result)
 }
 
