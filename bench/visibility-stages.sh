@@ -21,7 +21,7 @@ bench_pid=$!
 orders=""
 while [ -z "$orders" ] && kill -0 "$bench_pid" 2>/dev/null; do
   for db in $(psql_at postgres "SELECT datname FROM pg_database WHERE datname LIKE '%\_orders'"); do
-    [[ " $known " == *" $db "* ]] || orders=$db
+    if [[ " $known " != *" $db "* ]]; then orders=$db; break; fi
   done
   sleep 0.1
 done
@@ -31,7 +31,7 @@ started=$(date +%s.%N)
 while kill -0 "$bench_pid" 2>/dev/null; do
   store=$(psql_at "$orders" "SELECT count(*) FILTER (WHERE sequence = 1 AND aggregate_type = 'order') || ',' || coalesce(max(global_position), 0) || ',' || coalesce((SELECT max(global_position) FROM relay_checkpoints), 0) FROM events")
   read=$(psql_at "$reads" "SELECT count(*) FROM orders")
-  [ -n "$store" ] && [ -n "$read" ] || continue
+  if [ -z "$store" ] || [ -z "$read" ]; then sleep 0.2; continue; fi
   IFS=, read -r placed written relayed <<< "$store"
   at=$(awk "BEGIN { printf \"%.3f\", $(date +%s.%N) - $started }")
   samples+=("{\"at_s\": $at, \"orders_stored\": $placed, \"events_stored\": $written, \"events_relayed\": $relayed, \"orders_projected\": $read}")

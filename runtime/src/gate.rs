@@ -28,6 +28,9 @@ pub trait AccountStatus: Send + Sync + 'static {
 /// How long [`CachedAccountStatus`] trusts an answer: a deactivation bites at most this
 /// long after the read model has it.
 pub const ACCOUNT_STATUS_TTL: Duration = Duration::from_secs(1);
+/// How long [`CachedAccountStatus`] waits for the read model's answer, for itself and every
+/// lookup waiting with it.
+pub const ACCOUNT_STATUS_DEADLINE: Duration = Duration::from_secs(5);
 /// Accounts [`CachedAccountStatus`] remembers at most.
 const ACCOUNT_STATUS_CAPACITY: usize = 100_000;
 
@@ -111,7 +114,15 @@ impl<A: AccountStatus> AccountStatus for CachedAccountStatus<A> {
                 }
             };
             let asked = Instant::now();
-            let answer = self.inner.is_active(&user_id).await;
+            // Every lookup of the account waits for this question: it must not hang.
+            let answer =
+                tokio::time::timeout(ACCOUNT_STATUS_DEADLINE, self.inner.is_active(&user_id))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "no account status within {ACCOUNT_STATUS_DEADLINE:?}"
+                        ))
+                    });
             // Err only when the placeholder was removed meanwhile; the answer stands.
             let _ = guard.insert(Answer {
                 answer: answer.clone(),
@@ -290,6 +301,33 @@ mod tests {
             }
             assert_eq!(cached.inner.asked.load(Ordering::SeqCst), 1, "{answer:?}");
         }
+    }
+
+    /// A question that never comes back fails its lookups at the deadline, once for all
+    /// of them.
+    #[tokio::test(start_paused = true)]
+    async fn a_question_without_an_answer_fails_its_lookups_at_the_deadline() {
+        let (_closed, gate) = tokio::sync::watch::channel(false);
+        let cached = Arc::new(CachedAccountStatus::with_ttl(
+            Gated {
+                open: gate,
+                asked: AtomicUsize::new(0),
+                answer: Ok(Some(true)),
+            },
+            Duration::from_secs(3600),
+        ));
+        let started = tokio::time::Instant::now();
+        let lookups: Vec<_> = (0..3)
+            .map(|_| {
+                let cached = cached.clone();
+                tokio::spawn(async move { cached.is_active("ann").await })
+            })
+            .collect();
+        for lookup in lookups {
+            assert!(lookup.await.unwrap().is_err());
+        }
+        assert!(started.elapsed() >= ACCOUNT_STATUS_DEADLINE);
+        assert_eq!(cached.inner.asked.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

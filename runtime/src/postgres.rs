@@ -49,27 +49,14 @@ pub fn pool_planning_each_query(url: &str, max_connections: u32) -> Result<PgPoo
     Ok(pool_options(max_connections).connect_lazy_with(options.disable_statement_logging()))
 }
 
-/// A pooled connection idle at least this long is pinged before it is handed out.
-const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
-
-/// sqlx pings every connection it hands out, and again when it takes it back. A busy
-/// service then pays three round trips per query instead of two (a third of the read
-/// path's Postgres work). Only a connection that sat idle, which is when a restarted
-/// Postgres or a proxy's idle timeout could have closed it, is pinged on the way out; the
-/// check when it comes back (sqlx's, not optional) finds one broken by its last use.
+/// sqlx pings each connection before handing it out (and again when it comes back): a
+/// round trip more per query, kept so that a connection a Postgres restart broke is
+/// replaced instead of failing a request, and a server gone silent ends in the acquire
+/// timeout instead of a hung query (docs/performance.md, Fix 10).
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_WHEN_IDLE {
-                    connection.ping().await?;
-                }
-                Ok(true)
-            })
-        })
 }
 
 /// Creates the database named in `url` when it does not exist, connecting to the
