@@ -72,24 +72,36 @@ impl<A: AccountStatus> CachedAccountStatus<A> {
         }
     }
 
+    /// Whether `answer` is a known one younger than the TTL, which any lookup may use.
+    fn fresh(&self, answer: &Answer) -> bool {
+        matches!(answer.answer, Ok(Some(_))) && answer.asked.elapsed() < self.ttl
+    }
+
     /// Whether a lookup that began at `started` may use `answer`: one that came while the
-    /// lookup waited always, a known one also while it is younger than the TTL.
+    /// lookup waited always, a [fresh](Self::fresh) one too.
     fn usable(&self, answer: &Answer, started: Instant) -> bool {
-        answer.answered > started
-            || (matches!(answer.answer, Ok(Some(_))) && answer.asked.elapsed() < self.ttl)
+        answer.answered > started || self.fresh(answer)
+    }
+
+    /// The read model's answer, or an error once [`ACCOUNT_STATUS_DEADLINE`] has passed:
+    /// every lookup of the account waits for this question, so it must not hang.
+    async fn ask(&self, user_id: &str) -> Result<Option<bool>, String> {
+        tokio::time::timeout(ACCOUNT_STATUS_DEADLINE, self.inner.is_active(user_id))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no account status within {ACCOUNT_STATUS_DEADLINE:?}"
+                ))
+            })
     }
 }
 
 impl<A: AccountStatus> AccountStatus for CachedAccountStatus<A> {
     fn is_active(&self, user_id: &str) -> BoxFuture<'_, Result<Option<bool>, String>> {
-        if let Some(Answer {
-            answer: Ok(Some(active)),
-            asked,
-            ..
-        }) = self.answers.get(user_id)
-            && asked.elapsed() < self.ttl
+        if let Some(answer) = self.answers.get(user_id)
+            && self.fresh(&answer)
         {
-            return Box::pin(std::future::ready(Ok(Some(active))));
+            return Box::pin(std::future::ready(answer.answer));
         }
         let user_id = user_id.to_owned();
         Box::pin(async move {
@@ -110,19 +122,11 @@ impl<A: AccountStatus> AccountStatus for CachedAccountStatus<A> {
                 // Neither is returned for this callback (it never removes, and
                 // `entry_async` has no timeout); ask without the cache.
                 EntryResult::Removed(..) | EntryResult::Timeout => {
-                    return self.inner.is_active(&user_id).await;
+                    return self.ask(&user_id).await;
                 }
             };
             let asked = Instant::now();
-            // Every lookup of the account waits for this question: it must not hang.
-            let answer =
-                tokio::time::timeout(ACCOUNT_STATUS_DEADLINE, self.inner.is_active(&user_id))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(format!(
-                            "no account status within {ACCOUNT_STATUS_DEADLINE:?}"
-                        ))
-                    });
+            let answer = self.ask(&user_id).await;
             // Err only when the placeholder was removed meanwhile; the answer stands.
             let _ = guard.insert(Answer {
                 answer: answer.clone(),
