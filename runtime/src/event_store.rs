@@ -5,7 +5,8 @@
 //! events with the next sequences and the idempotency record in one statement, or in one
 //! transaction with the command's enlisted writes ([`CommandBus`]). A command creating an
 //! aggregate under an id just made skips the load ([`CommandBus::execute_new`]), so it
-//! costs one round trip.
+//! costs one round trip. Commits without enlisted writes that are ready at the same time
+//! share one statement ([`group_commits`]).
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,7 +17,7 @@ use postgres_es::PostgresEventRepository;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tillstream_events::{EventMetadata, upcast};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// The Postgres channel on which commits of new events are announced (the relay listens).
 pub const EVENTS_CHANNEL: &str = "tillstream_events";
@@ -149,6 +150,9 @@ pub struct CommandBus<A: Aggregate> {
     services: A::Services,
     /// Wakes the task announcing commits on [`EVENTS_CHANNEL`]; started by the first commit.
     announcer: OnceLock<mpsc::Sender<()>>,
+    /// The queue of commits waiting to share a statement ([`group_commits`]); started by
+    /// the first commit without enlisted writes.
+    committer: OnceLock<mpsc::Sender<Pending>>,
 }
 
 impl<A: Aggregate> CommandBus<A> {
@@ -160,6 +164,7 @@ impl<A: Aggregate> CommandBus<A> {
                 .with_upcasters(vec![Box::new(StoreUpcaster)]),
             services,
             announcer: OnceLock::new(),
+            committer: OnceLock::new(),
         })
     }
 
@@ -233,9 +238,10 @@ impl<A: Aggregate> CommandBus<A> {
     }
 
     /// Commits `events` after sequence `current` with the idempotency record: in one
-    /// statement, or with `enlisted`'s writes in one transaction. When the idempotency
-    /// record collides with an earlier one (a concurrent or retried command under the same
-    /// key), nothing is written and the earlier answer is the answer.
+    /// statement shared with other commands ready at the same time, or with `enlisted`'s
+    /// writes in one transaction. When the idempotency record collides with an earlier one
+    /// (a concurrent or retried command under the same key), nothing is written and the
+    /// earlier answer is the answer.
     async fn commit(
         &self,
         id: &str,
@@ -245,12 +251,13 @@ impl<A: Aggregate> CommandBus<A> {
         idempotency: Option<&Idempotency>,
         enlisted: Option<&dyn Enlisted>,
     ) -> Result<Committed, CommandError<A::Error>> {
+        let rows = Rows::new(id, current, events, metadata, idempotency).map_err(classify::<A>)?;
         let appended = match enlisted {
-            None => append::<A>(&self.pool, id, current, events, metadata, idempotency).await,
+            None => self.commit_grouped(rows).await?,
             Some(write) => {
                 async {
                     let mut tx = self.pool.begin().await?;
-                    append::<A>(&mut *tx, id, current, events, metadata, idempotency).await?;
+                    append(&mut *tx, A::TYPE, &[&rows]).await?;
                     write.write(&mut tx).await?;
                     tx.commit().await
                 }
@@ -273,6 +280,38 @@ impl<A: Aggregate> CommandBus<A> {
                 None => Err(classify::<A>(error)),
             },
             Err(error) => Err(classify::<A>(error)),
+        }
+    }
+
+    /// Appends `rows` in a statement shared with the commits queued meanwhile; when that
+    /// statement fails on something in the database, in one of its own. The outer error is
+    /// a failure of the whole group that is not about any one command's rows.
+    async fn commit_grouped(
+        &self,
+        rows: Rows,
+    ) -> Result<Result<(), sqlx::Error>, CommandError<A::Error>> {
+        let queue = self.committer.get_or_init(|| {
+            let (queue, queued) = mpsc::channel(QUEUED_COMMITS);
+            tokio::spawn(group_commits(self.pool.clone(), A::TYPE, queued));
+            queue
+        });
+        let (reply, replied) = oneshot::channel();
+        let stopped =
+            || CommandError::Unavailable("the event store's committer stopped".to_owned());
+        let _pending = PendingGauge::new(A::TYPE);
+        queue
+            .send(Pending { rows, reply })
+            .await
+            .map_err(|_| stopped())?;
+        match replied.await.map_err(|_| stopped())? {
+            Grouped::Written => Ok(Ok(())),
+            Grouped::Failed(error) => Ok(Err(error)),
+            Grouped::WriteAlone(rows) => Ok(append(&self.pool, A::TYPE, &[&rows]).await),
+            Grouped::GroupFailed {
+                unavailable: true,
+                message,
+            } => Err(CommandError::Unavailable(message)),
+            Grouped::GroupFailed { message, .. } => Err(CommandError::Internal(message)),
         }
     }
 
@@ -355,51 +394,218 @@ async fn announce_commits(pool: PgPool, mut woken: mpsc::Receiver<()>) {
     }
 }
 
-/// Appends `events` after sequence `current` with the idempotency record, in one
-/// statement (one round trip, and one implicit transaction when `executor` is the pool).
-/// The events take their `global_position`s in sequence order.
-async fn append<'e, A: Aggregate>(
-    executor: impl sqlx::PgExecutor<'e>,
-    id: &str,
+/// Most commits one statement carries.
+const MAX_GROUP: usize = 64;
+/// Grouped statements in flight at once (of one command bus). Commits that arrive while
+/// all are running wait, and go together in the next.
+const GROUP_STATEMENTS: usize = 2;
+/// Commits queued for a statement before callers wait to queue.
+const QUEUED_COMMITS: usize = 1024;
+
+/// One command's rows: its events after sequence `current`, and its idempotency record.
+struct Rows {
+    id: String,
     current: u64,
-    events: &[A::Event],
-    metadata: &EventMetadata,
-    idempotency: Option<&Idempotency>,
+    types: Vec<String>,
+    versions: Vec<String>,
+    payloads: Vec<serde_json::Value>,
+    metadata: serde_json::Value,
+    idempotency: Option<Idempotency>,
+}
+
+impl Rows {
+    fn new<E: DomainEvent>(
+        id: &str,
+        current: u64,
+        events: &[E],
+        metadata: &EventMetadata,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Self, sqlx::Error> {
+        let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+        Ok(Rows {
+            id: id.to_owned(),
+            current,
+            types: events.iter().map(DomainEvent::event_type).collect(),
+            versions: events.iter().map(DomainEvent::event_version).collect(),
+            payloads: events
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()
+                .map_err(encode)?,
+            metadata: serde_json::to_value(metadata.to_map()).map_err(encode)?,
+            idempotency: idempotency.cloned(),
+        })
+    }
+
+    /// The aggregate's version once these events are written.
+    fn version(&self) -> i64 {
+        (self.current + self.types.len() as u64) as i64
+    }
+}
+
+/// Counts a commit in `tillstream_commits_pending` (handed to [`group_commits`], not yet
+/// answered) for as long as it lives.
+struct PendingGauge(metrics::Gauge);
+
+impl PendingGauge {
+    fn new(aggregate_type: &'static str) -> Self {
+        let gauge = metrics::gauge!("tillstream_commits_pending", "aggregate" => aggregate_type);
+        gauge.increment(1.0);
+        PendingGauge(gauge)
+    }
+}
+
+impl Drop for PendingGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// A commit waiting in [`group_commits`]'s queue, and where its outcome goes.
+struct Pending {
+    rows: Rows,
+    reply: oneshot::Sender<Grouped>,
+}
+
+/// What became of a queued commit.
+enum Grouped {
+    Written,
+    /// Its statement (of this commit alone) failed.
+    Failed(sqlx::Error),
+    /// The group's statement failed in the database (one commit's conflict rolls back all
+    /// of them): nothing was written, and the commit is to be tried alone, where its own
+    /// outcome shows.
+    WriteAlone(Rows),
+    /// The group's statement failed outside the database (the connection, the pool): the
+    /// same failure for every commit of the group, whether the store is unavailable and
+    /// the error.
+    GroupFailed {
+        unavailable: bool,
+        message: String,
+    },
+}
+
+/// Writes queued commits, several to a statement: the first waits for one of
+/// [`GROUP_STATEMENTS`] statements to be free and takes every commit queued by then along
+/// (up to [`MAX_GROUP`]). A lone commit goes at once; under load, commits that arrive
+/// while statements run share the next one, and so its round trip, its transaction and
+/// its WAL flush. A group is one transaction: all of its commits are written or none.
+async fn group_commits(
+    pool: PgPool,
+    aggregate_type: &'static str,
+    mut queued: mpsc::Receiver<Pending>,
+) {
+    let statements = Arc::new(Semaphore::new(GROUP_STATEMENTS));
+    while let Some(first) = queued.recv().await {
+        let Ok(statement) = statements.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP
+            && let Ok(next) = queued.try_recv()
+        {
+            group.push(next);
+        }
+        metrics::histogram!("tillstream_commit_group_size", "aggregate" => aggregate_type)
+            .record(group.len() as f64);
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let rows: Vec<&Rows> = group.iter().map(|p| &p.rows).collect();
+            let written = append(&pool, aggregate_type, &rows).await;
+            drop(statement);
+            match written {
+                Ok(()) => {
+                    for pending in group {
+                        let _ = pending.reply.send(Grouped::Written);
+                    }
+                }
+                Err(error) if group.len() == 1 => {
+                    if let Some(pending) = group.pop() {
+                        let _ = pending.reply.send(Grouped::Failed(error));
+                    }
+                }
+                Err(error @ sqlx::Error::Database(_)) => {
+                    tracing::debug!(%error, commits = group.len(), "a grouped commit failed; each is tried alone");
+                    for pending in group {
+                        let _ = pending.reply.send(Grouped::WriteAlone(pending.rows));
+                    }
+                }
+                Err(error) => {
+                    let (unavailable, message) = (is_unavailable(&error), error.to_string());
+                    for pending in group {
+                        let _ = pending.reply.send(Grouped::GroupFailed {
+                            unavailable,
+                            message: message.clone(),
+                        });
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Appends the events and idempotency records of `commits` in one statement (one round
+/// trip, and one implicit transaction when `executor` is the pool). The events take their
+/// `global_position`s in order: commit by commit, each in sequence order.
+async fn append<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    aggregate_type: &str,
+    commits: &[&Rows],
 ) -> Result<(), sqlx::Error> {
-    let meta =
-        serde_json::to_value(metadata.to_map()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let mut sequences = Vec::with_capacity(events.len());
-    let mut types = Vec::with_capacity(events.len());
-    let mut versions = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    for (offset, event) in events.iter().enumerate() {
-        sequences.push((current + 1 + offset as u64) as i64);
-        types.push(event.event_type());
-        versions.push(event.event_version());
-        payloads.push(serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    let events: usize = commits.iter().map(|c| c.types.len()).sum();
+    let mut ids = Vec::with_capacity(events);
+    let mut sequences = Vec::with_capacity(events);
+    let mut types = Vec::with_capacity(events);
+    let mut versions = Vec::with_capacity(events);
+    let mut payloads = Vec::with_capacity(events);
+    let mut metadata = Vec::with_capacity(events);
+    let mut keys = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for commit in commits {
+        for (offset, ((event_type, version), payload)) in commit
+            .types
+            .iter()
+            .zip(&commit.versions)
+            .zip(&commit.payloads)
+            .enumerate()
+        {
+            ids.push(commit.id.as_str());
+            sequences.push((commit.current + 1 + offset as u64) as i64);
+            types.push(event_type.as_str());
+            versions.push(version.as_str());
+            payloads.push(payload);
+            metadata.push(&commit.metadata);
+        }
+        if let Some(idem) = &commit.idempotency {
+            keys.0.push(idem.caller.as_str());
+            keys.1.push(idem.key.as_str());
+            keys.2.push(idem.request_hash.as_str());
+            keys.3.push(commit.id.as_str());
+            keys.4.push(commit.version());
+        }
     }
     sqlx::query(
         "WITH appended AS ( \
            INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-           SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $7 \
-           FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[]) \
-             AS e(sequence, event_type, event_version, payload) \
-           ORDER BY e.sequence \
+           SELECT $1, e.aggregate_id, e.sequence, e.event_type, e.event_version, e.payload, e.metadata \
+           FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+             WITH ORDINALITY AS e(aggregate_id, sequence, event_type, event_version, payload, metadata, position) \
+           ORDER BY e.position \
          ) \
          INSERT INTO idempotency_keys (caller, key, request_hash, aggregate_id, version) \
-         SELECT $8, $9, $10, $2, $11 WHERE $8::text IS NOT NULL",
+         SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])",
     )
-    .bind(A::TYPE)
-    .bind(id)
+    .bind(aggregate_type)
+    .bind(&ids)
     .bind(&sequences)
     .bind(&types)
     .bind(&versions)
     .bind(&payloads)
-    .bind(&meta)
-    .bind(idempotency.map(|i| i.caller.as_str()))
-    .bind(idempotency.map(|i| i.key.as_str()))
-    .bind(idempotency.map(|i| i.request_hash.as_str()))
-    .bind((current + events.len() as u64) as i64)
+    .bind(&metadata)
+    .bind(&keys.0)
+    .bind(&keys.1)
+    .bind(&keys.2)
+    .bind(&keys.3)
+    .bind(&keys.4)
     .execute(executor)
     .await?;
     Ok(())
@@ -436,6 +642,9 @@ fn is_idempotency_collision(error: &sqlx::Error) -> bool {
 
 /// Sorts a database error into what a client can do about it.
 fn classify<A: Aggregate>(error: sqlx::Error) -> CommandError<A::Error> {
+    if is_unavailable(&error) {
+        return CommandError::Unavailable(error.to_string());
+    }
     match &error {
         sqlx::Error::Database(db) => match (db.code().as_deref(), db.constraint()) {
             (Some("23505"), Some("events_pkey")) | (Some("40001" | "40P01"), _) => {
@@ -444,15 +653,21 @@ fn classify<A: Aggregate>(error: sqlx::Error) -> CommandError<A::Error> {
             (Some("23505"), Some(constraint)) => CommandError::Unique {
                 constraint: constraint.to_owned(),
             },
-            // Connection-level failures reported by the server (admin shutdown, too many
-            // connections, cannot connect now).
-            (Some(code), _)
-                if code.starts_with("08") || code.starts_with("57") || code == "53300" =>
-            {
-                CommandError::Unavailable(error.to_string())
-            }
             _ => CommandError::Internal(error.to_string()),
         },
+        _ => CommandError::Internal(error.to_string()),
+    }
+}
+
+/// Whether `error` says the database could not be reached or used, rather than anything
+/// about the command.
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        // Connection-level failures reported by the server (admin shutdown, too many
+        // connections, cannot connect now).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57") || code == "53300"
+        }),
         // A connection that cannot be made or broke mid-conversation (a proxy that accepts
         // and closes answers the TLS request with garbage: a protocol error).
         sqlx::Error::Io(_)
@@ -460,8 +675,8 @@ fn classify<A: Aggregate>(error: sqlx::Error) -> CommandError<A::Error> {
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed => CommandError::Unavailable(error.to_string()),
-        _ => CommandError::Internal(error.to_string()),
+        | sqlx::Error::PoolClosed => true,
+        _ => false,
     }
 }
 
