@@ -506,6 +506,12 @@ async fn group_commits(
         {
             group.push(next);
         }
+        // A caller that gave up (timed out, disconnected) has had its answer: its commit is
+        // not written behind its back.
+        group.retain(|pending| !pending.reply.is_closed());
+        if group.is_empty() {
+            continue;
+        }
         metrics::histogram!("tillstream_commit_group_size", "aggregate" => aggregate_type)
             .record(group.len() as f64);
         let pool = pool.clone();
@@ -524,7 +530,7 @@ async fn group_commits(
                         let _ = pending.reply.send(Grouped::Failed(error));
                     }
                 }
-                Err(error @ sqlx::Error::Database(_)) => {
+                Err(error @ sqlx::Error::Database(_)) if !is_unavailable(&error) => {
                     tracing::debug!(%error, commits = group.len(), "a grouped commit failed; each is tried alone");
                     for pending in group {
                         let _ = pending.reply.send(Grouped::WriteAlone(pending.rows));
