@@ -472,13 +472,14 @@ enum Grouped {
     Written,
     /// Its statement (of this commit alone) failed.
     Failed(sqlx::Error),
-    /// The group's statement failed in the database (one commit's conflict rolls back all
-    /// of them): nothing was written, and the commit is to be tried alone, where its own
-    /// outcome shows.
+    /// The group's statement was refused by the database for its rows (one commit's
+    /// conflict rolls back all of them): nothing was written, and the commit is to be tried
+    /// alone, where its own outcome shows.
     WriteAlone(Rows),
-    /// The group's statement failed outside the database (the connection, the pool): the
-    /// same failure for every commit of the group, whether the store is unavailable and
-    /// the error.
+    /// The group's statement failed for a reason that is not any one commit's: the store
+    /// could not be reached or used (the connection, the pool, a server shutting down), or
+    /// something outside the database. The same failure for every commit of the group:
+    /// whether the store is unavailable, and the error.
     GroupFailed {
         unavailable: bool,
         message: String,
