@@ -8,14 +8,16 @@
 //! costs one round trip. Commits without enlisted writes that are ready at the same time
 //! share one statement ([`group_commits`]).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use futures::future::BoxFuture;
 use postgres_es::PostgresEventRepository;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
 use tillstream_events::{EventMetadata, upcast};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -300,7 +302,11 @@ impl<A: Aggregate> CommandBus<A> {
             || CommandError::Unavailable("the event store's committer stopped".to_owned());
         let _pending = PendingGauge::new(A::TYPE);
         queue
-            .send(Pending { rows, reply })
+            .send(Pending {
+                rows,
+                reply,
+                queued_at: Instant::now(),
+            })
             .await
             .map_err(|_| stopped())?;
         match replied.await.map_err(|_| stopped())? {
@@ -401,6 +407,16 @@ const MAX_GROUP: usize = 64;
 const GROUP_STATEMENTS: usize = 2;
 /// Commits queued for a statement before callers wait to queue.
 const QUEUED_COMMITS: usize = 1024;
+/// A committer connection idle for longer is checked (a round trip) before its next
+/// statement; one used more recently is trusted.
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+/// How long a grouped statement may run: as long as the gRPC call that waits for it.
+const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a grouped statement may run on the server before it cancels it.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(25);
+/// A committer connection older than this is closed rather than used again (sqlx's pools
+/// do the same).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 /// One command's rows: its events after sequence `current`, and its idempotency record.
 struct Rows {
@@ -465,6 +481,7 @@ impl Drop for PendingGauge {
 struct Pending {
     rows: Rows,
     reply: oneshot::Sender<Grouped>,
+    queued_at: Instant,
 }
 
 /// What became of a queued commit.
@@ -486,40 +503,244 @@ enum Grouped {
     },
 }
 
+/// The committer's own connections to the store, [`GROUP_STATEMENTS`] at most (its
+/// semaphore bounds them), outside the bus's pool.
+///
+/// Why not the pool: sqlx pings a pooled connection before handing it out and again when
+/// it comes back, so each statement would cost three round trips, each waking a backend
+/// and a worker (docs/performance.md, Fix 13). These connections are checked only after
+/// [`TRUSTED_IDLE`]; one that fails at the connection level is dropped with every idle
+/// one (a restart breaks them all), so the next statement connects afresh. The cost: a
+/// connection a Postgres restart broke less than a second after its last statement fails
+/// its next statement's group with UNAVAILABLE (safe to retry with the idempotency key),
+/// where the pool would have found it broken first.
+///
+/// A statement runs at most [`STATEMENT_TIMEOUT`] on the server (then it is rolled back
+/// there), and is given up at [`STATEMENT_DEADLINE`] here, with its connection, when the
+/// server has gone silent.
+struct Connections {
+    options: PgConnectOptions,
+    /// How long making a connection may take: the pool's acquire timeout.
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// A connection waiting for the next statement: since when, and how old it is.
+struct Idle {
+    connection: PgConnection,
+    since: Instant,
+    made: Instant,
+}
+
+/// What became of a statement on the committer's connections.
+enum Outcome {
+    Written,
+    /// No connection could be made: the store is unreachable.
+    NoConnection(sqlx::Error),
+    /// The statement failed: on the connection, or in the database.
+    Failed(sqlx::Error),
+}
+
+impl Connections {
+    fn of(pool: &PgPool) -> Self {
+        let timeout = format!("{}ms", STATEMENT_TIMEOUT.as_millis());
+        Connections {
+            options: (*pool.connect_options())
+                .clone()
+                .options([("statement_timeout", timeout.as_str())]),
+            connect_timeout: pool.options().get_acquire_timeout(),
+            idle: Mutex::new(Vec::with_capacity(GROUP_STATEMENTS)),
+        }
+    }
+
+    /// An idle connection, checked when it has been idle long; or a new one.
+    async fn take(&self) -> Result<(PgConnection, Instant), sqlx::Error> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        if let Some(Idle {
+            mut connection,
+            since,
+            made,
+        }) = idle
+        {
+            if since.elapsed() < TRUSTED_IDLE {
+                return Ok((connection, made));
+            }
+            let checked = tokio::time::timeout(self.connect_timeout, connection.ping()).await;
+            if let Ok(Ok(())) = checked {
+                return Ok((connection, made));
+            }
+        }
+        let made = Instant::now();
+        match tokio::time::timeout(
+            self.connect_timeout,
+            PgConnection::connect_with(&self.options),
+        )
+        .await
+        {
+            Ok(connected) => Ok((connected?, made)),
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no connection to the event store within {:?}",
+                    self.connect_timeout
+                ),
+            ))),
+        }
+    }
+
+    /// Keeps `connection` for the next statement, unless `outcome` says it may be broken
+    /// (then the idle ones go too) or it has lived [`CONNECTION_LIFETIME`].
+    fn give_back(
+        &self,
+        connection: PgConnection,
+        made: Instant,
+        outcome: &Result<(), sqlx::Error>,
+    ) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let usable = match outcome {
+            Ok(()) => true,
+            Err(error) => {
+                matches!(error, sqlx::Error::Database(_))
+                    && !is_unavailable(error)
+                    && !is_fatal(error)
+            }
+        };
+        if !usable {
+            idle.clear();
+        } else if made.elapsed() < CONNECTION_LIFETIME {
+            idle.push(Idle {
+                connection,
+                since: Instant::now(),
+                made,
+            });
+        } else {
+            tokio::spawn(connection.close());
+        }
+    }
+
+    /// Appends `rows` in one statement on one of these connections.
+    async fn append(&self, aggregate_type: &str, rows: &[&Rows]) -> Outcome {
+        let (mut connection, made) = match self.take().await {
+            Ok(taken) => taken,
+            Err(error) => return Outcome::NoConnection(error),
+        };
+        let outcome = tokio::time::timeout(
+            STATEMENT_DEADLINE,
+            append(&mut connection, aggregate_type, rows),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the event store did not answer the statement",
+            )))
+        });
+        self.give_back(connection, made, &outcome);
+        match outcome {
+            Ok(()) => Outcome::Written,
+            Err(error) => Outcome::Failed(error),
+        }
+    }
+}
+
+/// Whether the store could be reached lately, for [`group_commits`]: the last time a
+/// statement was answered, and the last time no connection could be made (with the error)
+/// that is not older than an answer.
+#[derive(Default)]
+struct Reachability {
+    answered: Option<Instant>,
+    unreachable: Option<(Instant, String)>,
+}
+
+impl Reachability {
+    fn answered(&mut self) {
+        self.answered = Some(Instant::now());
+        self.unreachable = None;
+    }
+
+    /// No connection could be made by an attempt begun at `began`; unless a statement
+    /// was answered since then.
+    fn unreachable(&mut self, began: Instant, error: &sqlx::Error) {
+        if self.answered.is_none_or(|answered| answered < began) {
+            self.unreachable = Some((Instant::now(), error.to_string()));
+        }
+    }
+}
+
 /// Writes queued commits, several to a statement: the first waits for one of
 /// [`GROUP_STATEMENTS`] statements to be free and takes every commit queued by then along
 /// (up to [`MAX_GROUP`]). A lone commit goes at once; under load, commits that arrive
 /// while statements run share the next one, and so its round trip, its transaction and
 /// its WAL flush. A group is one transaction: all of its commits are written or none.
+///
+/// When no connection can be made to the store (Postgres down or silent), the commits
+/// that were already waiting get that answer at once instead of each waiting out a
+/// connect timeout of its own in turn; commits queued after it try again.
 async fn group_commits(
     pool: PgPool,
     aggregate_type: &'static str,
     mut queued: mpsc::Receiver<Pending>,
 ) {
     let statements = Arc::new(Semaphore::new(GROUP_STATEMENTS));
+    let connections = Arc::new(Connections::of(&pool));
+    let reachability = Arc::new(Mutex::new(Reachability::default()));
     while let Some(first) = queued.recv().await {
         let Ok(statement) = statements.clone().acquire_owned().await else {
             return;
         };
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP
-            && let Ok(next) = queued.try_recv()
-        {
-            group.push(next);
+        let unreachable = reachability
+            .lock()
+            .ok()
+            .and_then(|known| known.unreachable.clone());
+        let mut group = Vec::new();
+        let mut next = Some(first);
+        while let Some(pending) = next.take() {
+            match &unreachable {
+                // A caller that gave up (timed out, disconnected) has had its answer: its
+                // commit is not written behind its back.
+                _ if pending.reply.is_closed() => {}
+                Some((at, message)) if pending.queued_at < *at => {
+                    let _ = pending.reply.send(Grouped::GroupFailed {
+                        unavailable: true,
+                        message: message.clone(),
+                    });
+                }
+                _ => group.push(pending),
+            }
+            if group.len() < MAX_GROUP {
+                next = queued.try_recv().ok();
+            }
         }
-        // A caller that gave up (timed out, disconnected) has had its answer: its commit is
-        // not written behind its back.
-        group.retain(|pending| !pending.reply.is_closed());
         if group.is_empty() {
             continue;
         }
         metrics::histogram!("tillstream_commit_group_size", "aggregate" => aggregate_type)
             .record(group.len() as f64);
-        let pool = pool.clone();
+        let connections = connections.clone();
+        let reachability = reachability.clone();
         tokio::spawn(async move {
             let rows: Vec<&Rows> = group.iter().map(|p| &p.rows).collect();
-            let written = append(&pool, aggregate_type, &rows).await;
+            let began = Instant::now();
+            let outcome = connections.append(aggregate_type, &rows).await;
+            if let Ok(mut known) = reachability.lock() {
+                match &outcome {
+                    Outcome::NoConnection(error) if is_unavailable(error) => {
+                        known.unreachable(began, error);
+                    }
+                    Outcome::Written => known.answered(),
+                    Outcome::Failed(error @ sqlx::Error::Database(_)) if !is_unavailable(error) => {
+                        known.answered();
+                    }
+                    _ => {}
+                }
+            }
             drop(statement);
+            let written = match outcome {
+                Outcome::Written => Ok(()),
+                Outcome::NoConnection(error) | Outcome::Failed(error) => Err(error),
+            };
             match written {
                 Ok(()) => {
                     for pending in group {
@@ -533,6 +754,8 @@ async fn group_commits(
                 }
                 Err(error @ sqlx::Error::Database(_)) if !is_unavailable(&error) => {
                     tracing::debug!(%error, commits = group.len(), "a grouped commit failed; each is tried alone");
+                    metrics::counter!("tillstream_commit_groups_split_total", "aggregate" => aggregate_type)
+                        .increment(1);
                     for pending in group {
                         let _ = pending.reply.send(Grouped::WriteAlone(pending.rows));
                     }
@@ -551,14 +774,20 @@ async fn group_commits(
     }
 }
 
-/// Appends the events and idempotency records of `commits` in one statement (one round
-/// trip, and one implicit transaction when `executor` is the pool). The events take their
-/// `global_position`s in order: commit by commit, each in sequence order.
+/// Appends the events and idempotency records of `commits` in one statement: one round
+/// trip, and one transaction unless `executor` is in one already. The commits of a group
+/// were ready at the same time, so none comes before another: the idempotency records
+/// are inserted first (Postgres runs the unreferenced `WITH` insert after the main one),
+/// in the order of their keys, then the events, in the order of their aggregates' ids,
+/// each aggregate's in sequence order. Every statement so takes its row locks in one
+/// order, and two groups racing on the same rows cannot deadlock.
 async fn append<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     aggregate_type: &str,
     commits: &[&Rows],
 ) -> Result<(), sqlx::Error> {
+    let mut commits = commits.to_vec();
+    commits.sort_unstable_by(|a, b| (&a.id, a.current).cmp(&(&b.id, b.current)));
     let events: usize = commits.iter().map(|c| c.types.len()).sum();
     let mut ids = Vec::with_capacity(events);
     let mut sequences = Vec::with_capacity(events);
@@ -566,8 +795,8 @@ async fn append<'e>(
     let mut versions = Vec::with_capacity(events);
     let mut payloads = Vec::with_capacity(events);
     let mut metadata = Vec::with_capacity(events);
-    let mut keys = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for commit in commits {
+    let mut records = Vec::new();
+    for commit in &commits {
         for (offset, ((event_type, version), payload)) in commit
             .types
             .iter()
@@ -583,12 +812,17 @@ async fn append<'e>(
             metadata.push(&commit.metadata);
         }
         if let Some(idem) = &commit.idempotency {
-            keys.0.push(idem.caller.as_str());
-            keys.1.push(idem.key.as_str());
-            keys.2.push(idem.request_hash.as_str());
-            keys.3.push(commit.id.as_str());
-            keys.4.push(commit.version());
+            records.push((idem, commit));
         }
+    }
+    records.sort_unstable_by(|(a, _), (b, _)| (&a.caller, &a.key).cmp(&(&b.caller, &b.key)));
+    let mut keys = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (idem, commit) in records {
+        keys.0.push(idem.caller.as_str());
+        keys.1.push(idem.key.as_str());
+        keys.2.push(idem.request_hash.as_str());
+        keys.3.push(commit.id.as_str());
+        keys.4.push(commit.version());
     }
     sqlx::query(
         "WITH appended AS ( \
@@ -599,7 +833,10 @@ async fn append<'e>(
            ORDER BY e.position \
          ) \
          INSERT INTO idempotency_keys (caller, key, request_hash, aggregate_id, version) \
-         SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])",
+         SELECT k.caller, k.key, k.request_hash, k.aggregate_id, k.version \
+         FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[]) \
+           WITH ORDINALITY AS k(caller, key, request_hash, aggregate_id, version, position) \
+         ORDER BY k.position",
     )
     .bind(aggregate_type)
     .bind(&ids)
@@ -687,6 +924,19 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the server ended the connection with `error` (severity FATAL or PANIC).
+fn is_fatal(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .is_some_and(|db| {
+            matches!(
+                db.severity(),
+                sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+            )
+        })
+}
+
 fn convert<A: Aggregate>(error: AggregateError<A::Error>) -> CommandError<A::Error> {
     match error {
         AggregateError::UserError(e) => CommandError::Rejected(e),
@@ -697,5 +947,107 @@ fn convert<A: Aggregate>(error: AggregateError<A::Error>) -> CommandError<A::Err
             Err(other) => CommandError::Internal(other.to_string()),
         },
         other => CommandError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cqrs_es::event_sink::EventSink;
+    use serde::{Deserialize, Serialize};
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use tillstream_events::{Actor, EventMetadata};
+
+    use super::*;
+
+    /// An aggregate whose one command makes one event.
+    #[derive(Default, Serialize, Deserialize)]
+    struct Tally;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Counted;
+
+    impl DomainEvent for Counted {
+        fn event_type(&self) -> String {
+            "Counted".to_owned()
+        }
+        fn event_version(&self) -> String {
+            "1".to_owned()
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl Aggregate for Tally {
+        const TYPE: &'static str = "tally";
+        type Command = ();
+        type Event = Counted;
+        type Error = Never;
+        type Services = ();
+
+        async fn handle(&mut self, _: (), _: &(), sink: &EventSink<Self>) -> Result<(), Never> {
+            sink.write(Counted, self).await;
+            Ok(())
+        }
+
+        fn apply(&mut self, _: Counted) {}
+    }
+
+    const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A command bus on a server that takes connections and never answers (a Postgres
+    /// gone silent): every statement ends in the pool's acquire timeout.
+    fn silent_store() -> (Arc<CommandBus<Tally>>, std::net::TcpListener) {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(PgConnectOptions::new().host("127.0.0.1").port(port));
+        (CommandBus::new(pool, ()), silent)
+    }
+
+    async fn place(bus: &CommandBus<Tally>) -> Result<Committed, CommandError<Never>> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let metadata = EventMetadata::new("test", Actor::anonymous());
+        bus.execute_new(&id, (), &metadata, None).await
+    }
+
+    /// 300 commits queued behind two statements that wait out the acquire timeout: without
+    /// sharing the failure, groups of 64 would take their turns (five statements, two at a
+    /// time: three timeouts). With it, all are answered when the first two fail.
+    #[tokio::test(start_paused = true)]
+    async fn commits_waiting_when_the_store_is_found_unreachable_share_that_answer() {
+        let (bus, _silent) = silent_store();
+        let started = tokio::time::Instant::now();
+        let answers = futures::future::join_all((0..300).map(|_| place(&bus))).await;
+        let took = started.elapsed();
+        for answer in answers {
+            assert!(
+                matches!(answer, Err(CommandError::Unavailable(_))),
+                "{answer:?}"
+            );
+        }
+        assert!(
+            took < ACQUIRE_TIMEOUT * 2,
+            "all answered after {took:?}, one acquire timeout being {ACQUIRE_TIMEOUT:?}"
+        );
+
+        // A commit queued after that failure tries the store again rather than taking the
+        // old answer: it waits out a timeout of its own.
+        let started = tokio::time::Instant::now();
+        let answer = place(&bus).await;
+        assert!(
+            matches!(answer, Err(CommandError::Unavailable(_))),
+            "{answer:?}"
+        );
+        assert!(
+            started.elapsed() >= ACQUIRE_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

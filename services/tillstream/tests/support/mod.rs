@@ -23,6 +23,24 @@ pub const ADMIN_EMAIL: &str = "admin@test.local";
 pub const ADMIN_PASSWORD: &str = "an admin password for tests";
 pub const PASSWORD: &str = "a long enough password";
 
+/// The sum over all label sets of the Prometheus metric `name` in the exposition `text`
+/// (0 when the metric is not in it).
+pub fn metric_in(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`metric_in`] this process's own metrics: those of a platform started in-process,
+/// recorded since the test binary began (0 before the recorder is installed).
+pub fn local_metric(name: &str) -> f64 {
+    tillstream_runtime::ops::prometheus().map_or(0.0, |metrics| metric_in(&metrics.render(), name))
+}
+
 pub struct TestPlatform {
     pub env: TestEnv,
     pub addrs: Addresses,

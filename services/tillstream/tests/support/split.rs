@@ -14,7 +14,7 @@ use std::time::Duration;
 use tillstream_testkit::process::{ChildProcess, free_addr, service_binary};
 use tillstream_testkit::{TestEnv, eventually};
 
-use super::{ADMIN_EMAIL, ADMIN_PASSWORD, Clients, DEADLINE};
+use super::{ADMIN_EMAIL, ADMIN_PASSWORD, Clients, DEADLINE, metric_in};
 
 /// One process of the split deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -214,13 +214,7 @@ impl SplitPlatform {
             .text()
             .await
             .expect("metrics text");
-        text.lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(0.0, |sum, value| sum + value)
+        metric_in(&text, name)
     }
 
     /// Awaits `metric` on `part` reaching at least `at_least`.
