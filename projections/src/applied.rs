@@ -232,6 +232,13 @@ impl Watched {
     pub fn changed(&self) -> Notified<'_> {
         self.notify.notified()
     }
+
+    /// Whether notifications are arriving ([`ReadModelWatch::is_listening`]). While they
+    /// are, [`changed`](Self::changed) is what tells a waiting read to look again; when the
+    /// listener's connection is lost, every waiting read is woken.
+    pub fn is_listening(&self) -> bool {
+        self.inner.listening.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Watched {

@@ -10,6 +10,7 @@ use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use tillstream_events::{EventEnvelope, Namespace};
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::{consumer_config, ensure_streams};
+use tillstream_runtime::postgres::OwnConnection;
 use tillstream_runtime::retry::Backoff;
 use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
@@ -80,6 +81,12 @@ pub enum ApplyOutcome {
 
 pub struct Projector {
     pool: PgPool,
+    /// Where batches are applied: a connection of the projector's own, so a batch's
+    /// transaction is not preceded and followed by a pool's pings (docs/performance.md,
+    /// Fix 14). Its statements are planned for their actual values: the batch statements
+    /// take arrays of any length, and a plan cached for a small table (or a short array)
+    /// would keep scanning whole tables once they have grown.
+    connection: tokio::sync::Mutex<OwnConnection>,
     js: jetstream::Context,
     namespace: Namespace,
     replicas: usize,
@@ -94,6 +101,10 @@ impl Projector {
         replicas: usize,
     ) -> Self {
         Projector {
+            connection: tokio::sync::Mutex::new(OwnConnection::like(
+                &pool,
+                &[("plan_cache_mode", "force_custom_plan")],
+            )),
             pool,
             js: jetstream::new(nats),
             namespace,
@@ -287,14 +298,20 @@ impl Projector {
             .collect();
         let applied = async {
             let events: Vec<&EventEnvelope> = decoded.iter().map(|(_, e)| e).collect();
-            let mut tx = begin(&self.pool).await?;
-            match batch::apply(&mut tx, &events).await? {
-                SetApplied::Written(outcomes) => {
-                    tx.commit().await?;
-                    Ok(Some(outcomes))
+            let mut own = self.connection.lock().await;
+            let applied = async {
+                let mut tx = own.get().await?.0.begin().await?;
+                match batch::apply(&mut tx, &events).await? {
+                    SetApplied::Written(outcomes) => {
+                        tx.commit().await?;
+                        Ok(Some(outcomes))
+                    }
+                    SetApplied::Contended => Ok(None), // dropping `tx` rolls it back
                 }
-                SetApplied::Contended => Ok(None), // dropping `tx` rolls it back
             }
+            .await;
+            own.check(&applied);
+            applied
         }
         .instrument(span)
         .await;
@@ -308,27 +325,33 @@ impl Projector {
         &self,
         decoded: &[(jetstream::Message, EventEnvelope)],
     ) -> Result<Option<Vec<Result<ApplyOutcome, ApplyError>>>, sqlx::Error> {
-        let mut outcomes = Vec::with_capacity(decoded.len());
-        let mut tx = begin(&self.pool).await?;
-        for (message, envelope) in decoded {
-            let span = apply_span(message, envelope);
-            outcomes.push(apply_in(&mut tx, envelope).instrument(span).await);
+        let mut own = self.connection.lock().await;
+        let applied = async {
+            let mut outcomes = Vec::with_capacity(decoded.len());
+            let mut tx = own.get().await?.0.begin().await?;
+            for (message, envelope) in decoded {
+                let span = apply_span(message, envelope);
+                outcomes.push(apply_in(&mut tx, envelope).instrument(span).await);
+            }
+            let applied: Vec<(&str, &str, i64)> = decoded
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| matches!(outcome, Ok(ApplyOutcome::Applied)))
+                .map(|((_, e), _)| {
+                    (
+                        e.aggregate_type.as_str(),
+                        e.aggregate_id.as_str(),
+                        e.sequence as i64,
+                    )
+                })
+                .collect();
+            applied::notify(&mut tx, &applied).await?;
+            tx.commit().await?;
+            Ok(Some(outcomes))
         }
-        let applied: Vec<(&str, &str, i64)> = decoded
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| matches!(outcome, Ok(ApplyOutcome::Applied)))
-            .map(|((_, e), _)| {
-                (
-                    e.aggregate_type.as_str(),
-                    e.aggregate_id.as_str(),
-                    e.sequence as i64,
-                )
-            })
-            .collect();
-        applied::notify(&mut tx, &applied).await?;
-        tx.commit().await?;
-        Ok(Some(outcomes))
+        .await;
+        own.check(&applied);
+        applied
     }
 
     /// Acknowledges one event of a committed batch according to what happened to it.
@@ -454,18 +477,26 @@ impl Projector {
 
     /// Applies `event` exactly once: see the crate documentation.
     pub async fn apply(&self, event: &EventEnvelope) -> Result<ApplyOutcome, ApplyError> {
-        let mut tx = begin(&self.pool).await?;
-        let outcome = apply_in(&mut tx, event).await?;
-        if outcome == ApplyOutcome::Applied {
-            let applied = (
-                event.aggregate_type.as_str(),
-                event.aggregate_id.as_str(),
-                event.sequence as i64,
-            );
-            applied::notify(&mut tx, &[applied]).await?;
+        let mut own = self.connection.lock().await;
+        let outcome = async {
+            let mut tx = own.get().await?.0.begin().await?;
+            let outcome = apply_in(&mut tx, event).await?;
+            if outcome == ApplyOutcome::Applied {
+                let applied = (
+                    event.aggregate_type.as_str(),
+                    event.aggregate_id.as_str(),
+                    event.sequence as i64,
+                );
+                applied::notify(&mut tx, &[applied]).await?;
+            }
+            tx.commit().await?;
+            Ok(outcome)
         }
-        tx.commit().await?;
-        Ok(outcome)
+        .await;
+        if let Err(ApplyError::Database(error)) = &outcome {
+            own.failed(error);
+        }
+        outcome
     }
 }
 
@@ -490,14 +521,6 @@ pub(crate) async fn apply_in(
             Err(error)
         }
     }
-}
-
-/// Begins a read-model transaction whose statements are planned for their actual values:
-/// the batch statements take arrays of any length, and a plan cached for a small table
-/// (or a short array) would keep scanning whole tables once they have grown.
-async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan")
-        .await
 }
 
 /// Advances the aggregate's checkpoint to `event` when `event` is the next one: `None`.

@@ -11,6 +11,7 @@ use tillstream_events::envelope::event_id;
 use tillstream_events::{EventEnvelope, EventMetadata, Namespace, upcast, wire_payload};
 use tillstream_runtime::Shutdown;
 use tillstream_runtime::nats::ensure_streams;
+use tillstream_runtime::postgres::{OwnConnection, within};
 use tillstream_runtime::retry::Backoff;
 use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
@@ -20,6 +21,26 @@ const CHANNEL: &str = tillstream_runtime::event_store::EVENTS_CHANNEL;
 /// How long the relay sleeps without a notification before looking anyway (a NOTIFY can be
 /// missed while the listener reconnects, and the horizon moves when unrelated transactions end).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one statement may go unanswered before the relay gives up on its connection.
+const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The next batch after the relay's checkpoint (the start of the log without one), in one
+/// statement. ORDER BY names the table's columns: the output column `txid` is text, and
+/// sorting by it would put txid 100 before 99 (the checkpoint would then pass 99's rows,
+/// which would never be published) and could not use the relay's index.
+const NEXT_BATCH: &str = "\
+    WITH checkpoint AS ( \
+        SELECT txid, global_position FROM relay_checkpoints WHERE relay = $1 \
+        UNION ALL SELECT '0'::xid8, 0 \
+        ORDER BY 1 DESC, 2 DESC LIMIT 1) \
+    SELECT batch.* FROM checkpoint CROSS JOIN LATERAL ( \
+        SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+               metadata, global_position, txid::text AS txid, recorded_at \
+        FROM events \
+        WHERE (events.txid, events.global_position) > (checkpoint.txid, checkpoint.global_position) \
+          AND events.txid < pg_snapshot_xmin(pg_current_snapshot()) \
+        ORDER BY events.txid, events.global_position \
+        LIMIT $2) AS batch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -91,6 +112,21 @@ pub struct Relay {
     replicas: usize,
     /// When the backlog was last counted for the lag metric (see `publish_batch`).
     counted_at: std::sync::Mutex<Option<std::time::Instant>>,
+    session: tokio::sync::Mutex<Session>,
+}
+
+/// The relay's own connection to the event store, and whether it leads on it.
+///
+/// One relay per checkpoint publishes at a time: the one whose session holds the
+/// checkpoint's advisory lock. It keeps the lock from batch to batch (one statement to read
+/// a batch, one to checkpoint it, where a lock per batch in a transaction on a pooled
+/// connection cost eight round trips); a relay that finds it taken stands by and asks
+/// again at its next look. The lock goes with the session: when the relay stops, fails
+/// (it then closes its connection, so a standby can take over), or its connection breaks.
+struct Session {
+    connection: OwnConnection,
+    /// When the connection on which this relay holds the lock was made.
+    leading: Option<std::time::Instant>,
 }
 
 impl Relay {
@@ -104,7 +140,12 @@ impl Relay {
     ) -> Self {
         let mut js = jetstream::new(nats);
         js.set_timeout(Duration::from_secs(5));
+        let session = tokio::sync::Mutex::new(Session {
+            connection: OwnConnection::like(&pool, &[]),
+            leading: None,
+        });
         Relay {
+            session,
             pool,
             js,
             namespace,
@@ -180,6 +221,8 @@ impl Relay {
                 }
             }
         }
+        // Closed rather than dropped, so the lock is free for a standby at once.
+        self.session.lock().await.connection.close().await;
         tracing::info!(relay = %self.name, "relay stopped");
     }
 
@@ -210,53 +253,45 @@ impl Relay {
         }
     }
 
-    /// Publishes the next batch of final events and advances the checkpoint past them.
-    /// Returns how many were published.
+    /// Publishes the next batch of final events and advances the checkpoint past them,
+    /// if this relay leads (see [`Session`]). Returns how many were published. After a
+    /// failure the relay gives up its connection, and so the lead.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
-        // One relay per checkpoint at a time: this transaction-scoped advisory lock is held
-        // while the batch is read, published and checkpointed. A second relay on the same
-        // store and name finds it taken and stands by (publishes nothing) until it is free.
-        let mut tx = self.pool.begin().await?;
-        let leader: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_xact_lock(hashtext('tillstream-relay'), hashtext($1))",
-        )
-        .bind(&self.name)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !leader {
-            tx.rollback().await?;
-            return Ok(0);
+        let mut session = self.session.lock().await;
+        let published = self.publish_leading(&mut session).await;
+        if published.is_err() {
+            session.leading = None;
+            session.connection.close().await;
         }
-        let from: Checkpoint = sqlx::query_as::<_, (String, i64)>(
-            "SELECT txid::text, global_position FROM relay_checkpoints WHERE relay = $1",
+        published
+    }
+
+    async fn publish_leading(&self, session: &mut Session) -> Result<usize, RelayError> {
+        let (connection, made) = session.connection.get().await?;
+        if session.leading != Some(made) {
+            let leads: bool = within(
+                STATEMENT_DEADLINE,
+                "the event store did not answer",
+                sqlx::query_scalar(
+                    "SELECT pg_try_advisory_lock(hashtext('tillstream-relay'), hashtext($1))",
+                )
+                .bind(&self.name)
+                .fetch_one(&mut *connection),
+            )
+            .await?;
+            if !leads {
+                return Ok(0);
+            }
+            session.leading = Some(made);
+        }
+        let rows: Vec<StoredEvent> = within(
+            STATEMENT_DEADLINE,
+            "the event store did not answer",
+            sqlx::query_as(NEXT_BATCH)
+                .bind(&self.name)
+                .bind(self.batch_size)
+                .fetch_all(&mut *connection),
         )
-        .bind(&self.name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map_or(
-            Checkpoint {
-                txid: "0".to_owned(),
-                position: 0,
-            },
-            |(txid, position)| Checkpoint { txid, position },
-        );
-        // ORDER BY names the table's columns: the output column `txid` is text, and sorting
-        // by it would put txid 100 before 99 — the checkpoint would then pass 99's rows,
-        // which would never be published — and could not use the relay's index (a full
-        // scan and sort of the backlog for every batch).
-        let rows: Vec<StoredEvent> = sqlx::query_as(
-            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-                    global_position, txid::text AS txid, recorded_at \
-             FROM events \
-             WHERE (txid, global_position) > ($1::text::xid8, $2) \
-               AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY events.txid, events.global_position \
-             LIMIT $3",
-        )
-        .bind(&from.txid)
-        .bind(from.position)
-        .bind(self.batch_size)
-        .fetch_all(&mut *tx)
         .await?;
         let Some(last) = rows.last() else {
             metrics::gauge!("tillstream_relay_lag_events", "relay" => self.name.clone()).set(0.0);
@@ -359,20 +394,23 @@ impl Relay {
         tillstream_runtime::failpoint::point("relay.after_publish");
 
         // The checkpoint only moves forward, whatever another process did meanwhile.
-        sqlx::query(
-            "INSERT INTO relay_checkpoints AS cp (relay, txid, global_position, published, updated_at) \
-             VALUES ($1, $2::text::xid8, $3, $4, now()) \
-             ON CONFLICT (relay) DO UPDATE SET txid = EXCLUDED.txid, global_position = EXCLUDED.global_position, \
-                 published = cp.published + EXCLUDED.published, updated_at = now() \
-             WHERE (cp.txid, cp.global_position) < (EXCLUDED.txid, EXCLUDED.global_position)",
+        within(
+            STATEMENT_DEADLINE,
+            "the event store did not answer",
+            sqlx::query(
+                "INSERT INTO relay_checkpoints AS cp (relay, txid, global_position, published, updated_at) \
+                 VALUES ($1, $2::text::xid8, $3, $4, now()) \
+                 ON CONFLICT (relay) DO UPDATE SET txid = EXCLUDED.txid, global_position = EXCLUDED.global_position, \
+                     published = cp.published + EXCLUDED.published, updated_at = now() \
+                 WHERE (cp.txid, cp.global_position) < (EXCLUDED.txid, EXCLUDED.global_position)",
+            )
+            .bind(&self.name)
+            .bind(&to.txid)
+            .bind(to.position)
+            .bind(count as i64)
+            .execute(&mut *connection),
         )
-        .bind(&self.name)
-        .bind(&to.txid)
-        .bind(to.position)
-        .bind(count as i64)
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
 
         // Events still waiting: none when this batch drained the final ones. When a full
         // batch suggests a backlog they are counted (by the relay's index), but at most every

@@ -372,3 +372,88 @@ async fn many_writers_committing_out_of_position_order_lose_nothing() {
     running.await.unwrap();
     env.cleanup().await;
 }
+
+/// Awaits `relay` publishing a batch of one event. An event is published once no older
+/// transaction is running anywhere on the server (other tests' included), so a batch is
+/// awaited, not expected at once.
+async fn publishes_one(relay: &Relay, what: &str) {
+    eventually(DEADLINE, what, || async {
+        (relay.publish_batch().await.ok()? == 1).then_some(())
+    })
+    .await
+}
+
+/// The relay that leads keeps the lead from batch to batch; another on the same checkpoint
+/// publishes nothing meanwhile, and takes over once the leader stops or loses its session.
+#[tokio::test]
+async fn a_standby_relay_takes_over_when_the_leader_stops_or_its_session_ends() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("orders").await;
+    event_store::migrate(&pool).await.unwrap();
+    let (client, direct) = env.jetstream().await;
+    let relay = |name: &str| {
+        Relay::new(
+            pool.clone(),
+            client.clone(),
+            env.namespace.clone(),
+            name.into(),
+            100,
+            1,
+        )
+    };
+
+    let leader = relay("shared");
+    let standby = relay("shared");
+    insert_event(&pool, "a", 1).await;
+    publishes_one(&leader, "the first relay to lead").await;
+    insert_event(&pool, "a", 2).await;
+    eventually(DEADLINE, "the second event to be final", || async {
+        let final_events: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE txid < pg_snapshot_xmin(pg_current_snapshot())",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        (final_events == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        standby.publish_batch().await.unwrap(),
+        0,
+        "the standby publishes nothing while the leader's session holds the lock"
+    );
+    publishes_one(&leader, "the leader to go on").await;
+
+    // The leader's session ends (its backend killed): the standby takes over from the
+    // checkpoint, and the old leader, failing once, stands by in its turn.
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "one session held the relay's lock");
+    insert_event(&pool, "a", 3).await;
+    publishes_one(&standby, "the standby to take over").await;
+    // Its connection is gone: the next batch fails on it, or finds it broken and
+    // reconnects; either way it stands by then.
+    let after = leader.publish_batch().await;
+    assert!(matches!(after, Err(_) | Ok(0)), "{after:?}");
+    assert_eq!(leader.publish_batch().await.unwrap(), 0, "and it stands by");
+
+    // The new leader stops, closing its session: the other leads again.
+    let shutdown = Shutdown::new();
+    shutdown.cancel();
+    standby.run(shutdown).await;
+    insert_event(&pool, "a", 4).await;
+    publishes_one(&leader, "the first relay to lead again").await;
+
+    let sequences: Vec<u64> = stream_contents(&direct, &env)
+        .await
+        .into_iter()
+        .map(|(_, e)| e.sequence)
+        .collect();
+    assert_eq!(sequences, vec![1, 2, 3, 4], "each event once, in order");
+    env.cleanup().await;
+}

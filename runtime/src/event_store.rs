@@ -16,10 +16,11 @@ use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use futures::future::BoxFuture;
 use postgres_es::PostgresEventRepository;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tillstream_events::{EventMetadata, upcast};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::postgres::{OwnConnection, is_fatal, is_unavailable, within};
 
 /// The Postgres channel on which commits of new events are announced (the relay listens).
 pub const EVENTS_CHANNEL: &str = "tillstream_events";
@@ -389,12 +390,24 @@ impl<A: Aggregate> CommandBus<A> {
 /// throughput would stop at one flush per command. A notification that fails to go out
 /// costs latency only: the relay also looks every half second.
 async fn announce_commits(pool: PgPool, mut woken: mpsc::Receiver<()>) {
+    // Its own connection: one round trip per notification instead of three (Fix 14).
+    let mut own = OwnConnection::like(&pool, &[]);
     while woken.recv().await.is_some() {
-        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(EVENTS_CHANNEL)
-            .execute(&pool)
-            .await
-        {
+        let sent = match own.get().await {
+            Ok((connection, _)) => {
+                within(
+                    STATEMENT_DEADLINE,
+                    "the event store did not answer the notification",
+                    sqlx::query("SELECT pg_notify($1, '')")
+                        .bind(EVENTS_CHANNEL)
+                        .execute(connection),
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        own.check(&sent);
+        if let Err(error) = sent {
             tracing::debug!(%error, "commit not announced; the relay will find it when it next looks");
         }
     }
@@ -407,17 +420,10 @@ const MAX_GROUP: usize = 64;
 const GROUP_STATEMENTS: usize = 2;
 /// Commits queued for a statement before callers wait to queue.
 const QUEUED_COMMITS: usize = 1024;
-/// A committer connection idle for longer is checked (a round trip) before its next
-/// statement; one used more recently is trusted.
-const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 /// How long a grouped statement may run: as long as the gRPC call that waits for it.
 const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a grouped statement may run on the server before it cancels it.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(25);
-/// A committer connection older than this is closed rather than used again (sqlx's pools
-/// do the same).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
-
 /// One command's rows: its events after sequence `current`, and its idempotency record.
 struct Rows {
     id: String,
@@ -503,145 +509,85 @@ enum Grouped {
     },
 }
 
-/// The committer's own connections to the store, [`GROUP_STATEMENTS`] at most (its
-/// semaphore bounds them), outside the bus's pool.
-///
-/// Why not the pool: sqlx pings a pooled connection before handing it out and again when
-/// it comes back, so each statement would cost three round trips, each waking a backend
-/// and a worker (docs/performance.md, Fix 13). These connections are checked only after
-/// [`TRUSTED_IDLE`]; one that fails at the connection level is dropped with every idle
-/// one (a restart breaks them all), so the next statement connects afresh. The cost: a
-/// connection a Postgres restart broke less than a second after its last statement fails
-/// its next statement's group with UNAVAILABLE (safe to retry with the idempotency key),
-/// where the pool would have found it broken first.
+/// The committer's own connections to the store ([`OwnConnection`]s, outside the bus's
+/// pool), [`GROUP_STATEMENTS`] at most (its semaphore bounds them): no ping around each
+/// statement (docs/performance.md, Fix 13). One that fails at the connection level is
+/// dropped with every idle one (a restart breaks them all), so the next statement
+/// connects afresh.
 ///
 /// A statement runs at most [`STATEMENT_TIMEOUT`] on the server (then it is rolled back
 /// there), and is given up at [`STATEMENT_DEADLINE`] here, with its connection, when the
 /// server has gone silent.
 struct Connections {
-    options: PgConnectOptions,
-    /// How long making a connection may take: the pool's acquire timeout.
-    connect_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
+    /// Where and how to connect.
+    pool: PgPool,
+    statement_timeout: String,
+    idle: Mutex<Vec<OwnConnection>>,
 }
 
-/// A connection waiting for the next statement: since when, and how old it is.
-struct Idle {
-    connection: PgConnection,
-    since: Instant,
-    made: Instant,
-}
-
-/// What became of a statement on the committer's connections.
+/// What became of a statement on the committer's connections, sorted once.
 enum Outcome {
     Written,
-    /// No connection could be made: the store is unreachable.
+    /// The database answered and refused the rows (a conflict, a constraint, a retried
+    /// key): one commit's fault, perhaps; the connection is still good.
+    Refused(sqlx::Error),
+    /// No connection could be made (the store unreachable, or a login refused).
     NoConnection(sqlx::Error),
-    /// The statement failed: on the connection, or in the database.
-    Failed(sqlx::Error),
+    /// The statement failed on its connection (broken, silent, or ended by the server):
+    /// no commit's fault, and the connection is not kept.
+    Broken(sqlx::Error),
+}
+
+impl Outcome {
+    fn of(statement: Result<(), sqlx::Error>) -> Self {
+        match statement {
+            Ok(()) => Outcome::Written,
+            Err(error @ sqlx::Error::Database(_))
+                if !is_unavailable(&error) && !is_fatal(&error) =>
+            {
+                Outcome::Refused(error)
+            }
+            Err(error) => Outcome::Broken(error),
+        }
+    }
 }
 
 impl Connections {
     fn of(pool: &PgPool) -> Self {
-        let timeout = format!("{}ms", STATEMENT_TIMEOUT.as_millis());
         Connections {
-            options: (*pool.connect_options())
-                .clone()
-                .options([("statement_timeout", timeout.as_str())]),
-            connect_timeout: pool.options().get_acquire_timeout(),
+            pool: pool.clone(),
+            statement_timeout: format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
             idle: Mutex::new(Vec::with_capacity(GROUP_STATEMENTS)),
-        }
-    }
-
-    /// An idle connection, checked when it has been idle long; or a new one.
-    async fn take(&self) -> Result<(PgConnection, Instant), sqlx::Error> {
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        if let Some(Idle {
-            mut connection,
-            since,
-            made,
-        }) = idle
-        {
-            if since.elapsed() < TRUSTED_IDLE {
-                return Ok((connection, made));
-            }
-            let checked = tokio::time::timeout(self.connect_timeout, connection.ping()).await;
-            if let Ok(Ok(())) = checked {
-                return Ok((connection, made));
-            }
-        }
-        let made = Instant::now();
-        match tokio::time::timeout(
-            self.connect_timeout,
-            PgConnection::connect_with(&self.options),
-        )
-        .await
-        {
-            Ok(connected) => Ok((connected?, made)),
-            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "no connection to the event store within {:?}",
-                    self.connect_timeout
-                ),
-            ))),
-        }
-    }
-
-    /// Keeps `connection` for the next statement, unless `outcome` says it may be broken
-    /// (then the idle ones go too) or it has lived [`CONNECTION_LIFETIME`].
-    fn give_back(
-        &self,
-        connection: PgConnection,
-        made: Instant,
-        outcome: &Result<(), sqlx::Error>,
-    ) {
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
-        let usable = match outcome {
-            Ok(()) => true,
-            Err(error) => {
-                matches!(error, sqlx::Error::Database(_))
-                    && !is_unavailable(error)
-                    && !is_fatal(error)
-            }
-        };
-        if !usable {
-            idle.clear();
-        } else if made.elapsed() < CONNECTION_LIFETIME {
-            idle.push(Idle {
-                connection,
-                since: Instant::now(),
-                made,
-            });
-        } else {
-            tokio::spawn(connection.close());
         }
     }
 
     /// Appends `rows` in one statement on one of these connections.
     async fn append(&self, aggregate_type: &str, rows: &[&Rows]) -> Outcome {
-        let (mut connection, made) = match self.take().await {
-            Ok(taken) => taken,
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut own = idle.unwrap_or_else(|| {
+            OwnConnection::like(
+                &self.pool,
+                &[("statement_timeout", self.statement_timeout.as_str())],
+            )
+        });
+        let connection = match own.get().await {
+            Ok((connection, _)) => connection,
             Err(error) => return Outcome::NoConnection(error),
         };
-        let outcome = tokio::time::timeout(
+        let statement = within(
             STATEMENT_DEADLINE,
-            append(&mut connection, aggregate_type, rows),
+            "the event store did not answer the statement",
+            append(connection, aggregate_type, rows),
         )
-        .await
-        .unwrap_or_else(|_| {
-            Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the event store did not answer the statement",
-            )))
-        });
-        self.give_back(connection, made, &outcome);
-        match outcome {
-            Ok(()) => Outcome::Written,
-            Err(error) => Outcome::Failed(error),
+        .await;
+        let outcome = Outcome::of(statement);
+        if let Ok(mut idle) = self.idle.lock() {
+            match outcome {
+                Outcome::Written | Outcome::Refused(_) => idle.push(own),
+                Outcome::NoConnection(_) | Outcome::Broken(_) => idle.clear(),
+            }
         }
+        outcome
     }
 }
 
@@ -729,30 +675,25 @@ async fn group_commits(
                     Outcome::NoConnection(error) if is_unavailable(error) => {
                         known.unreachable(began, error);
                     }
-                    Outcome::Written => known.answered(),
-                    Outcome::Failed(error @ sqlx::Error::Database(_)) if !is_unavailable(error) => {
-                        known.answered();
-                    }
-                    _ => {}
+                    Outcome::Written | Outcome::Refused(_) => known.answered(),
+                    Outcome::NoConnection(_) | Outcome::Broken(_) => {}
                 }
             }
             drop(statement);
-            let written = match outcome {
-                Outcome::Written => Ok(()),
-                Outcome::NoConnection(error) | Outcome::Failed(error) => Err(error),
-            };
-            match written {
-                Ok(()) => {
+            match outcome {
+                Outcome::Written => {
                     for pending in group {
                         let _ = pending.reply.send(Grouped::Written);
                     }
                 }
-                Err(error) if group.len() == 1 => {
+                Outcome::Refused(error) | Outcome::NoConnection(error) | Outcome::Broken(error)
+                    if group.len() == 1 =>
+                {
                     if let Some(pending) = group.pop() {
                         let _ = pending.reply.send(Grouped::Failed(error));
                     }
                 }
-                Err(error @ sqlx::Error::Database(_)) if !is_unavailable(&error) => {
+                Outcome::Refused(error) => {
                     tracing::debug!(%error, commits = group.len(), "a grouped commit failed; each is tried alone");
                     metrics::counter!("tillstream_commit_groups_split_total", "aggregate" => aggregate_type)
                         .increment(1);
@@ -760,7 +701,7 @@ async fn group_commits(
                         let _ = pending.reply.send(Grouped::WriteAlone(pending.rows));
                     }
                 }
-                Err(error) => {
+                Outcome::NoConnection(error) | Outcome::Broken(error) => {
                     let (unavailable, message) = (is_unavailable(&error), error.to_string());
                     for pending in group {
                         let _ = pending.reply.send(Grouped::GroupFailed {
@@ -901,40 +842,6 @@ fn classify<A: Aggregate>(error: sqlx::Error) -> CommandError<A::Error> {
         },
         _ => CommandError::Internal(error.to_string()),
     }
-}
-
-/// Whether `error` says the database could not be reached or used, rather than anything
-/// about the command.
-fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        // Connection-level failures reported by the server (admin shutdown, too many
-        // connections, cannot connect now).
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57") || code == "53300"
-        }),
-        // A connection that cannot be made or broke mid-conversation (a proxy that accepts
-        // and closes answers the TLS request with garbage: a protocol error).
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed => true,
-        _ => false,
-    }
-}
-
-/// Whether the server ended the connection with `error` (severity FATAL or PANIC).
-fn is_fatal(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|db| db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
-        .is_some_and(|db| {
-            matches!(
-                db.severity(),
-                sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
-            )
-        })
 }
 
 fn convert<A: Aggregate>(error: AggregateError<A::Error>) -> CommandError<A::Error> {

@@ -1,12 +1,13 @@
 //! Postgres connections: pools, databases created on demand, readiness.
 
+use std::future::Future;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 pub use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use crate::ops::ReadinessCheck;
 
@@ -57,6 +58,179 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+}
+
+/// A connection idle for longer is checked (a round trip) before its next use; one used
+/// more recently is trusted.
+pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+/// A connection older than this is closed rather than used again (sqlx's pools do the same).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// A connection of one's own, outside any pool, for a loop that sends one statement after
+/// another: the relay, the projector, the event store's committer and announcer.
+///
+/// Why not the pool: sqlx pings a pooled connection before handing it out and again when
+/// it comes back, so each use costs two round trips more, each waking a backend and a
+/// worker (docs/performance.md, Fixes 13 and 14). This one is checked with a ping only
+/// after [`TRUSTED_IDLE`] without use, is forgotten after a failure that may have broken
+/// it ([`OwnConnection::check`]), and lives [`CONNECTION_LIFETIME`] at most; the next use
+/// then connects afresh. The cost: a connection a Postgres restart broke less than a
+/// second after its last use fails its next statement, where a pool would have found it
+/// broken first.
+pub struct OwnConnection {
+    options: PgConnectOptions,
+    /// How long making a connection (or checking an idle one) may take: the pool's
+    /// acquire timeout.
+    connect_timeout: Duration,
+    held: Option<Held>,
+}
+
+struct Held {
+    connection: PgConnection,
+    used: Instant,
+    made: Instant,
+}
+
+impl OwnConnection {
+    /// Connects where `pool` does and as it does, with each `(name, value)` of `settings`
+    /// set for the session (for example `("statement_timeout", "25s")`). Nothing is
+    /// connected until the first [`get`](Self::get).
+    pub fn like(pool: &PgPool, settings: &[(&str, &str)]) -> Self {
+        let mut options = (*pool.connect_options()).clone();
+        if !settings.is_empty() {
+            options = options.options(settings.iter().copied());
+        }
+        OwnConnection {
+            options,
+            connect_timeout: pool.options().get_acquire_timeout(),
+            held: None,
+        }
+    }
+
+    /// The connection, and when it was made: a later instant than the last one means a
+    /// new session, whose locks, settings and `LISTEN`s start afresh. Made now when there
+    /// is none; checked first when idle for over [`TRUSTED_IDLE`]; replaced when older
+    /// than [`CONNECTION_LIFETIME`].
+    pub async fn get(&mut self) -> Result<(&mut PgConnection, Instant), sqlx::Error> {
+        let kept = match self.held.take() {
+            Some(held) if held.made.elapsed() >= CONNECTION_LIFETIME => {
+                tokio::spawn(held.connection.close());
+                None
+            }
+            Some(mut held) => {
+                let trusted = held.used.elapsed() < TRUSTED_IDLE
+                    || matches!(
+                        tokio::time::timeout(self.connect_timeout, held.connection.ping()).await,
+                        Ok(Ok(()))
+                    );
+                trusted.then_some(held)
+            }
+            None => None,
+        };
+        let held = match kept {
+            Some(held) => held,
+            None => self.connect().await?,
+        };
+        let held = self.held.insert(held);
+        held.used = Instant::now();
+        Ok((&mut held.connection, held.made))
+    }
+
+    async fn connect(&self) -> Result<Held, sqlx::Error> {
+        let made = Instant::now();
+        let connected = within(
+            self.connect_timeout,
+            "no connection to Postgres",
+            PgConnection::connect_with(&self.options),
+        )
+        .await?;
+        Ok(Held {
+            connection: connected,
+            used: made,
+            made,
+        })
+    }
+
+    /// Forgets the connection when `result` failed in a way that may have broken it
+    /// ([`breaks_connection`]): the next [`get`](Self::get) connects afresh.
+    pub fn check<T>(&mut self, result: &Result<T, sqlx::Error>) {
+        if let Err(error) = result {
+            self.failed(error);
+        }
+    }
+
+    /// Forgets the connection when a statement's `error` may have broken it.
+    pub fn failed(&mut self, error: &sqlx::Error) {
+        if breaks_connection(error) {
+            self.held = None;
+        }
+    }
+
+    /// Closes the connection, if there is one, telling the server: what its session
+    /// holds (advisory locks) is released at once.
+    pub async fn close(&mut self) {
+        if let Some(held) = self.held.take() {
+            let _ = held.connection.close().await;
+        }
+    }
+}
+
+/// `operation`'s outcome, or a timeout error (an I/O error, so [`is_unavailable`]) when
+/// Postgres has not answered within `deadline`: a server gone silent fails the operation
+/// instead of hanging it.
+pub async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    operation: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(deadline, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{what} within {deadline:?}"),
+            )))
+        })
+}
+
+/// Whether `error` says the database could not be reached or used, rather than anything
+/// about the statement.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        // Connection-level failures reported by the server (admin shutdown, too many
+        // connections, cannot connect now).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57") || code == "53300"
+        }),
+        // A connection that cannot be made or broke mid-conversation (a proxy that accepts
+        // and closes answers the TLS request with garbage: a protocol error).
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed => true,
+        _ => false,
+    }
+}
+
+/// Whether the server ended the connection with `error` (severity FATAL or PANIC).
+pub fn is_fatal(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .is_some_and(|db| {
+            matches!(
+                db.severity(),
+                sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+            )
+        })
+}
+
+/// Whether a statement that failed with `error` may have left its connection unusable:
+/// anything but the database answering, and refusing the statement itself.
+pub fn breaks_connection(error: &sqlx::Error) -> bool {
+    !matches!(error, sqlx::Error::Database(_)) || is_unavailable(error) || is_fatal(error)
 }
 
 /// Creates the database named in `url` when it does not exist, connecting to the

@@ -87,7 +87,7 @@ pub async fn measure(
         "errors_total": errors.values().sum::<u64>(),
         "place_order_ack_ms": summary(&ack),
         "ack_to_visible_ms": summary(&visible),
-        "note": "GraphQL order(id, minVersion) after each PlaceOrder ack; the gateway re-reads its read model when the projector NOTIFYs that the order was applied, polling (5 ms, then doubling to 100 ms) as a fallback, until the version is there",
+        "note": "GraphQL order(id, minVersion) after each PlaceOrder ack; the gateway re-reads its read model when the projector NOTIFYs that the order was applied, and every 100 ms as a fallback (without a listener: polling at 5 ms, doubling to 100 ms), until the version is there",
     });
     eprintln!(
         "visibility at {rate_per_second}/s: ack→visible p50 {} ms p99 {} ms, {} errors, {skipped} skipped",

@@ -184,13 +184,19 @@ fn paged<T>(
     }
 }
 
+/// The longest a waiting read goes without looking at its row.
+const POLL_MAX: Duration = Duration::from_millis(100);
+
 /// Reads with `load` until the row has at least `min_version` (when asked), for at most
 /// `wait`; then says plainly that the write is not visible yet. A `min_version` below 1
 /// (versions start at 1) is bad input, answered at once.
 ///
 /// Between reads it waits for the projector's notification that `watched` was applied
-/// ([`ReadModelWatch`]), or for a poll interval (5 ms, doubling to 100 ms), whichever comes
-/// first: the poll is the fallback when a notification is lost or the listener is down.
+/// ([`ReadModelWatch`]), or for a poll interval, whichever comes first. While the watch is
+/// listening, the notification is what wakes the read, and the poll, every
+/// [`POLL_MAX`], only bounds the wait should one go missing: polling sooner would cost a
+/// query per step for nothing (docs/performance.md, Fix 14). Without a listener the poll
+/// is the only way to see the write: 5 ms, doubling to [`POLL_MAX`].
 async fn read_your_write<T, F, Fut>(
     min_version: Option<i64>,
     wait: Duration,
@@ -231,11 +237,16 @@ where
                 None => std::future::pending().await,
             }
         };
+        let poll = if watched.as_ref().is_some_and(Watched::is_listening) {
+            POLL_MAX
+        } else {
+            pause
+        };
         tokio::select! {
             _ = notified => {}
-            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)) => {}
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + poll)) => {}
         }
-        pause = (pause * 2).min(Duration::from_millis(100));
+        pause = (pause * 2).min(POLL_MAX);
     }
 }
 

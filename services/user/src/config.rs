@@ -13,7 +13,7 @@ pub struct Config {
         default_value = "postgres://postgres@127.0.0.1:5432/tillstream_users"
     )]
     pub database_url: String,
-    /// Maximum Postgres connections of the service's pool; the user and order services' event-store committers keep up to 2 more each, of their own (docs/log.md).
+    /// Maximum Postgres connections of the service's pool; the user and order services keep up to 3 more each, of their own: the event store's committer (2) and its commit announcer (docs/log.md).
     #[arg(
         long = "db-pool-size",
         env = "TILLSTREAM_DB_POOL_SIZE",
