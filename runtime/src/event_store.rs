@@ -389,10 +389,23 @@ impl<A: Aggregate> CommandBus<A> {
 /// command notified, durable commands could not share a flush (group commit), and
 /// throughput would stop at one flush per command. A notification that fails to go out
 /// costs latency only: the relay also looks every half second.
+///
+/// Notifications are at least [`ANNOUNCE_SPACING`] apart: each one costs a backend of
+/// this service, wakes the backend of every listening relay and the relay itself, which
+/// then reads a batch and checkpoints it. With one per commit group, under PlaceOrder the
+/// announcer's and the listener's backends used about 11 % of a core (docs/performance.md,
+/// Fix 15).
 async fn announce_commits(pool: PgPool, mut woken: mpsc::Receiver<()>) {
     // Its own connection: one round trip per notification instead of three (Fix 14).
     let mut own = OwnConnection::like(&pool, &[]);
+    let mut last: Option<tokio::time::Instant> = None;
     while woken.recv().await.is_some() {
+        if let Some(last) = last {
+            tokio::time::sleep_until(last + ANNOUNCE_SPACING).await;
+            // The commits that woke it meanwhile are announced by this notification too.
+            while woken.try_recv().is_ok() {}
+        }
+        last = Some(tokio::time::Instant::now());
         let sent = match own.get().await {
             Ok((connection, _)) => {
                 within(
@@ -413,6 +426,10 @@ async fn announce_commits(pool: PgPool, mut woken: mpsc::Receiver<()>) {
     }
 }
 
+/// The shortest time between two notifications of one bus: a commit within it of the last
+/// one waits at most this long to be announced, and a busy service sends at most 500 a
+/// second.
+const ANNOUNCE_SPACING: Duration = Duration::from_millis(2);
 /// Most commits one statement carries.
 const MAX_GROUP: usize = 64;
 /// Grouped statements in flight at once (of one command bus). Commits that arrive while
