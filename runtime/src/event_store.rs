@@ -20,7 +20,7 @@ use sqlx::{PgConnection, PgPool};
 use tillstream_events::{EventMetadata, upcast};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::postgres::{OwnConnection, is_fatal, is_unavailable, within};
+use crate::postgres::{OwnConnection, STATEMENT_DEADLINE, is_fatal, is_unavailable, within};
 
 /// The Postgres channel on which commits of new events are announced (the relay listens).
 pub const EVENTS_CHANNEL: &str = "tillstream_events";
@@ -437,8 +437,6 @@ const MAX_GROUP: usize = 64;
 const GROUP_STATEMENTS: usize = 2;
 /// Commits queued for a statement before callers wait to queue.
 const QUEUED_COMMITS: usize = 1024;
-/// How long a grouped statement may run: as long as the gRPC call that waits for it.
-const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a grouped statement may run on the server before it cancels it.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(25);
 /// One command's rows: its events after sequence `current`, and its idempotency record.

@@ -62,9 +62,12 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
 
 /// A connection idle for longer is checked (a round trip) before its next use; one used
 /// more recently is trusted.
-pub const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 /// A connection older than this is closed rather than used again (sqlx's pools do the same).
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// How long a statement on an [`OwnConnection`] may go unanswered before its loop gives up
+/// on it (and on the connection): as long as the gRPC call that may be waiting for it.
+pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A connection of one's own, outside any pool, for a loop that sends one statement after
 /// another: the relay, the projector, the event store's committer and announcer.
@@ -114,7 +117,9 @@ impl OwnConnection {
     pub async fn get(&mut self) -> Result<(&mut PgConnection, Instant), sqlx::Error> {
         let kept = match self.held.take() {
             Some(held) if held.made.elapsed() >= CONNECTION_LIFETIME => {
-                tokio::spawn(held.connection.close());
+                // Closed before the next is made: what the session holds (a relay's lock)
+                // is free for the new one.
+                let _ = within(self.connect_timeout, "closing", held.connection.close()).await;
                 None
             }
             Some(mut held) => {
@@ -170,7 +175,7 @@ impl OwnConnection {
     /// holds (advisory locks) is released at once.
     pub async fn close(&mut self) {
         if let Some(held) = self.held.take() {
-            let _ = held.connection.close().await;
+            let _ = within(self.connect_timeout, "closing", held.connection.close()).await;
         }
     }
 }
@@ -228,9 +233,21 @@ pub fn is_fatal(error: &sqlx::Error) -> bool {
 }
 
 /// Whether a statement that failed with `error` may have left its connection unusable:
-/// anything but the database answering, and refusing the statement itself.
+/// the connection failed (I/O, TLS, the protocol, a deadline passed mid-statement), or the
+/// server ended the session or reported a connection exception (class 08). An error the
+/// server answered with (a constraint, a cancelled statement) or one decoding the answer
+/// leaves it usable.
 pub fn breaks_connection(error: &sqlx::Error) -> bool {
-    !matches!(error, sqlx::Error::Database(_)) || is_unavailable(error) || is_fatal(error)
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            is_fatal(error) || db.code().is_some_and(|code| code.starts_with("08"))
+        }
+        _ => false,
+    }
 }
 
 /// Creates the database named in `url` when it does not exist, connecting to the
