@@ -313,15 +313,17 @@ pub fn command_status<E: std::error::Error>(
     }
 }
 
-/// Serves a tonic router on `listener` until `shutdown` fires.
+/// Serves a tonic router on `listener` until `shutdown` fires. Accepted connections send
+/// without delay (`TCP_NODELAY`, tonic's own default, which a listener handed to it does
+/// not get): a response's later frames do not wait for the peer's acknowledgement of the
+/// first.
 pub async fn serve(
     router: crate::grpc_host::GrpcRouter,
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     router
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
-            shutdown.cancelled().await
-        })
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
         .await
 }
