@@ -20,9 +20,7 @@ pub async fn hello_world(shape: Shape) -> anyhow::Result<Measured> {
     let url = format!("http://{}/", listener.local_addr()?);
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" }));
     // Connections without delay, as the gateway's.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |connection| {
-        let _ = connection.set_nodelay(true);
-    });
+    let listener = tillstream_runtime::ops::without_delay(listener);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let http = crate::load::scenarios::Target::http_client(shape.users)?;
     let measured = driver::drive("axum-hello-world", shape, move |_, _| {

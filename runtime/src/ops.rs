@@ -10,10 +10,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::{ListenerExt, TapIo};
 use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::Shutdown;
 
@@ -168,6 +169,19 @@ pub async fn track_requests(
 /// Binds `addr` for an HTTP router. Port 0 picks a free port; see `local_addr`.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// `listener`, whose accepted connections send without delay (`TCP_NODELAY`): a response
+/// written in more than one piece does not wait for the peer's acknowledgement of the
+/// first (docs/performance.md, Fix 16). For `axum::serve`, which does not set it.
+pub fn without_delay(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(set_nodelay as fn(&mut TcpStream))
+}
+
+fn set_nodelay(connection: &mut TcpStream) {
+    if let Err(error) = connection.set_nodelay(true) {
+        tracing::debug!(%error, "TCP_NODELAY not set on a connection");
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, finishing in-flight requests.

@@ -124,10 +124,9 @@ impl OwnConnection {
             }
             Some(mut held) => {
                 let trusted = held.used.elapsed() < TRUSTED_IDLE
-                    || matches!(
-                        tokio::time::timeout(self.connect_timeout, held.connection.ping()).await,
-                        Ok(Ok(()))
-                    );
+                    || within(self.connect_timeout, "checking", held.connection.ping())
+                        .await
+                        .is_ok();
                 trusted.then_some(held)
             }
             None => None,

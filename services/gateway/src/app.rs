@@ -13,7 +13,6 @@ use axum::middleware::from_fn_with_state;
 use axum::response::Html;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tillstream_projections::ReadModelWatch;
 use tillstream_projections::queries::Reads;
 use tillstream_runtime::grpc_host::{self, HostError};
@@ -234,16 +233,9 @@ impl App {
         );
         tokio::spawn(self.rate_limit.housekeeping(shutdown.clone()));
         self.watch.spawn_listener(&self.reads, shutdown.clone());
-        // With the peer address, for the rate limit of anonymous callers. Accepted
-        // connections send without delay (`TCP_NODELAY`): a response written in more than
-        // one piece does not wait for the client's acknowledgement of the first.
-        let listener = self.listener.tap_io(|connection| {
-            if let Err(error) = connection.set_nodelay(true) {
-                tracing::debug!(%error, "TCP_NODELAY not set on a connection");
-            }
-        });
+        // With the peer address, for the rate limit of anonymous callers.
         let served = axum::serve(
-            listener,
+            ops::without_delay(self.listener),
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
