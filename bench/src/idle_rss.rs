@@ -21,7 +21,7 @@ use tillstream_testkit::TestEnv;
 use tillstream_testkit::process::{ChildProcess, free_addr};
 
 use crate::load::platform::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, binary, kib_to_mib, proc_status, status_field,
+    ADMIN_EMAIL, ADMIN_PASSWORD, allocator_env, binary, kib_to_mib, proc_status, status_field,
 };
 use crate::load::seed::{self, Customer};
 
@@ -154,7 +154,8 @@ impl Split {
             let process = ChildProcess::new(name, path, &logs)
                 .env("TILLSTREAM_NATS_URL", tillstream_testkit::nats_url())
                 .env("TILLSTREAM_NAMESPACE", env.namespace.prefix())
-                .env("TILLSTREAM_DATA_DIR", data_dir.clone());
+                .env("TILLSTREAM_DATA_DIR", data_dir.clone())
+                .envs(allocator_env());
             Ok((process, ops))
         };
         let ready = |ops: SocketAddr| format!("http://{ops}/readyz");

@@ -34,6 +34,13 @@ pub async fn describe() -> serde_json::Value {
         "postgres": postgres,
         "nats_server": nats,
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        // `[madvise]` here lets the services' allocator map its heap in 2 MiB pages
+        // (docs/performance.md, "Idle memory and huge pages")
+        "transparent_huge_pages": std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok().map(|s| s.trim().to_owned()),
+        "allocator_env": crate::load::platform::allocator_env()
+            .into_iter()
+            .map(|(name, value)| (name, serde_json::Value::String(value)))
+            .collect::<serde_json::Map<_, _>>(),
         "note": "load generator, Postgres and NATS share the machine",
     })
 }

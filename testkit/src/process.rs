@@ -201,6 +201,12 @@ impl ChildProcess {
         self
     }
 
+    /// Environment variables for the process, each as [`Self::env`] sets one.
+    pub fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(vars);
+        self
+    }
+
     /// The URL that answers 200 once the process is ready (a service's `/readyz`).
     pub fn ready_url(mut self, url: impl Into<String>) -> Self {
         self.ready_url = Some(url.into());

@@ -13,6 +13,15 @@ use tillstream_testkit::{TestEnv, nats_url, postgres_url};
 pub const ADMIN_EMAIL: &str = "admin@bench.local";
 pub const ADMIN_PASSWORD: &str = "an admin password for the bench";
 
+/// The `MIMALLOC_*` variables of the bench's own environment (mimalloc's options, such as
+/// `MIMALLOC_ALLOW_THP=0`), passed on to the services it starts, whose environment is
+/// otherwise cleared. The results record them ([`crate::machine::describe`]).
+pub fn allocator_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("MIMALLOC_"))
+        .collect()
+}
+
 pub struct RunningPlatform {
     pub env: TestEnv,
     pub gateway: SocketAddr,
@@ -47,6 +56,7 @@ impl RunningPlatform {
             .arg("--rate-limit-per-second=0")
             .arg(format!("--admin-email={ADMIN_EMAIL}"))
             .env("TILLSTREAM_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .envs(allocator_env())
             .ready_url(format!("http://{gateway}/readyz"));
         process.start();
         process.wait_ready(Duration::from_secs(120)).await;
