@@ -172,6 +172,7 @@ async fn relay_killed_between_publish_and_checkpoint_republishes_into_dedupe() {
             Part::OrderRelay,
             "tillstream_relay_republished_total",
             published as f64,
+            DEADLINE,
         )
         .await;
     assert_eq!(
@@ -227,13 +228,14 @@ async fn projector_killed_between_apply_and_ack_applies_each_event_once() {
     // event in the read model once: a slow redelivery is not what this test is about, the
     // single apply is, so it gets longer.
     platform.start_part(Part::Projector, &[]).await;
-    let duplicates = eventually(REDELIVERY_DEADLINE, "a redelivery skipped", || async {
-        let skipped = platform
-            .metric(Part::Projector, "tillstream_projection_duplicates_total")
-            .await;
-        (skipped >= 1.0).then_some(skipped)
-    })
-    .await;
+    let duplicates = platform
+        .await_metric(
+            Part::Projector,
+            "tillstream_projection_duplicates_total",
+            1.0,
+            REDELIVERY_DEADLINE,
+        )
+        .await;
     eventually(DEADLINE, "every event acknowledged", || async {
         let info = consumer_info(&js, &platform.env, &durable).await;
         (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())

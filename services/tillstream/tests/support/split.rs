@@ -14,7 +14,7 @@ use std::time::Duration;
 use tillstream_testkit::process::{ChildProcess, free_addr, service_binary};
 use tillstream_testkit::{TestEnv, eventually};
 
-use super::{ADMIN_EMAIL, ADMIN_PASSWORD, Clients, DEADLINE, metric_in};
+use super::{ADMIN_EMAIL, ADMIN_PASSWORD, Clients, metric_in};
 
 /// One process of the split deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -217,9 +217,15 @@ impl SplitPlatform {
         metric_in(&text, name)
     }
 
-    /// Awaits `metric` on `part` reaching at least `at_least`.
-    pub async fn await_metric(&self, part: Part, name: &str, at_least: f64) -> f64 {
-        eventually(DEADLINE, name, || async {
+    /// Awaits `metric` on `part` reaching at least `at_least`, for at most `deadline`.
+    pub async fn await_metric(
+        &self,
+        part: Part,
+        name: &str,
+        at_least: f64,
+        deadline: Duration,
+    ) -> f64 {
+        eventually(deadline, name, || async {
             let value = self.metric(part, name).await;
             (value >= at_least).then_some(value)
         })
