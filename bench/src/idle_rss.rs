@@ -384,11 +384,16 @@ async fn traffic(split: &Split, env: &TestEnv, orders: usize) -> anyhow::Result<
     }
 }
 
-/// A process's memory from `/proc/<pid>/status`, in MiB, and its thread count.
+/// A process's memory from `/proc/<pid>/status`, in MiB, and its thread count; and from
+/// `/proc/<pid>/smaps_rollup`, how much of its anonymous memory is in huge pages.
 struct Memory {
     rss_mib: f64,
     anon_mib: Option<f64>,
     file_mib: Option<f64>,
+    huge_pages_mib: Option<f64>,
+    /// Whether the kernel may give it transparent huge pages now (`PR_SET_THP_DISABLE`
+    /// unset; see `tillstream_runtime::rt::huge_pages`).
+    huge_pages_allowed: Option<bool>,
     threads: Option<u64>,
 }
 
@@ -399,6 +404,11 @@ impl Memory {
             rss_mib: status_field(&status, "VmRSS:").map(kib_to_mib)?,
             anon_mib: status_field(&status, "RssAnon:").map(kib_to_mib),
             file_mib: status_field(&status, "RssFile:").map(kib_to_mib),
+            huge_pages_mib: std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                .ok()
+                .and_then(|rollup| status_field(&rollup, "AnonHugePages:"))
+                .map(kib_to_mib),
+            huge_pages_allowed: status_field(&status, "THP_enabled:").map(|v| v == 1.0),
             threads: status_field(&status, "Threads:").map(|n| n as u64),
         })
     }
@@ -408,6 +418,8 @@ impl Memory {
             "rss_mib": self.rss_mib,
             "rss_anon_mib": self.anon_mib,
             "rss_file_mib": self.file_mib,
+            "anon_huge_pages_mib": self.huge_pages_mib,
+            "huge_pages_allowed": self.huge_pages_allowed,
             "threads": self.threads,
         })
     }

@@ -134,8 +134,8 @@ pub fn proc_status(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
 }
 
-/// The number of field `name` (with its colon) of a `/proc/<pid>/status` text: kB for the
-/// memory fields, a count for `Threads:`.
+/// The number of field `name` (with its colon) of a `/proc/<pid>/status` or `smaps_rollup`
+/// text: kB for the memory fields, a count for `Threads:`, 0 or 1 for `THP_enabled:`.
 pub fn status_field(status: &str, name: &str) -> Option<f64> {
     status
         .lines()
