@@ -60,9 +60,9 @@ fn on_park() {
 /// at least half of a second over a second or more. Memory it used before that keeps
 /// ordinary pages, also when the allocator reuses it; memory it uses for the first time
 /// from then on gets huge pages. Memory mimalloc took before `main` (4 MiB) has them
-/// already. Measured (docs/performance.md, Fix 17): the idle gateway 24.7 MiB instead of
-/// 30.8; under a read load right after start, the all-in-one had 4–8 MiB of its heap in
-/// huge pages against 14–20 MiB by default.
+/// already. Measured (docs/performance.md, Fix 17): the idle gateway (thin LTO) 24.7 MiB
+/// instead of 30.8; under a read load right after start, the all-in-one had 4–8 MiB of
+/// its heap in huge pages against 14–20 MiB by default.
 ///
 /// `MIMALLOC_ALLOW_THP` decides instead when it is set: `0` (or `false`, `off`, `no`)
 /// keeps huge pages off, any other value leaves them on from the start. A process that
