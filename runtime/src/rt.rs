@@ -74,7 +74,7 @@ pub mod huge_pages {
     use std::time::{Duration, Instant};
 
     /// mimalloc's own variable for the same choice; when it is set, it decides.
-    pub const VARIABLE: &str = "MIMALLOC_ALLOW_THP";
+    const VARIABLE: &str = "MIMALLOC_ALLOW_THP";
     /// Busy time of all workers together, as a share of the time it was measured over.
     const BUSY_SHARE: f64 = 0.5;
     /// The shortest time a share is measured over.
@@ -82,11 +82,11 @@ pub mod huge_pages {
 
     /// Huge pages are off and wait for the runtime to be busy.
     static HELD: AtomicBool = AtomicBool::new(false);
-    static BUSYNESS: Mutex<Busyness> = Mutex::new(Busyness { last: None });
+    static BUSYNESS: Mutex<Busyness> = Mutex::new(Busyness::new());
 
     /// What the environment asks for.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Policy {
+    enum Policy {
         /// Unset: off until the process is busy.
         WhenBusy,
         Always,
@@ -94,18 +94,13 @@ pub mod huge_pages {
     }
 
     impl Policy {
-        pub fn from_variable(value: Option<&str>) -> Self {
+        fn from_variable(value: Option<&str>) -> Self {
             match value.map(|v| v.trim().to_ascii_lowercase()) {
                 None => Self::WhenBusy,
                 Some(v) if matches!(v.as_str(), "0" | "false" | "off" | "no") => Self::Never,
                 Some(_) => Self::Always,
             }
         }
-    }
-
-    /// Whether huge pages are off for this process now (`None`: the kernel cannot say).
-    pub fn disabled() -> Option<bool> {
-        sys::disabled()
     }
 
     /// Turns huge pages off until [`allow_if_busy`] sees a busy runtime, as the
@@ -156,18 +151,18 @@ pub mod huge_pages {
 
     /// The runtime's busy time, sampled now and then.
     #[derive(Debug)]
-    pub struct Busyness {
+    struct Busyness {
         last: Option<(Instant, Duration)>,
     }
 
     impl Busyness {
-        pub fn new() -> Self {
+        const fn new() -> Self {
             Self { last: None }
         }
 
         /// Takes the workers' total busy time at `at`; true when, since the last sample
         /// (at least [`WINDOW`] ago), they were busy for [`BUSY_SHARE`] of the time.
-        pub fn observe(&mut self, at: Instant, busy: Duration) -> bool {
+        fn observe(&mut self, at: Instant, busy: Duration) -> bool {
             let Some((then, busy_then)) = self.last else {
                 self.last = Some((at, busy));
                 return false;
@@ -181,16 +176,11 @@ pub mod huge_pages {
         }
     }
 
-    impl Default for Busyness {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
-
     #[cfg(target_os = "linux")]
     mod sys {
         use libc::{c_int, c_ulong};
 
+        /// Whether huge pages are off for this process now (`None`: the kernel cannot say).
         pub fn disabled() -> Option<bool> {
             match prctl(libc::PR_GET_THP_DISABLE, 0) {
                 0 => Some(false),
@@ -227,7 +217,7 @@ pub mod huge_pages {
     mod tests {
         use std::time::{Duration, Instant};
 
-        use super::{Busyness, Policy, disabled, sys};
+        use super::{Busyness, Policy, sys};
 
         #[test]
         fn the_variable_decides_when_set() {
@@ -261,13 +251,13 @@ pub mod huge_pages {
         #[cfg(target_os = "linux")]
         #[test]
         fn huge_pages_turn_off_and_on_again() {
-            let Some(before) = disabled() else {
+            let Some(before) = sys::disabled() else {
                 return;
             };
             assert!(sys::set_disabled(true));
-            assert_eq!(disabled(), Some(true));
+            assert_eq!(sys::disabled(), Some(true));
             assert!(sys::set_disabled(false));
-            assert_eq!(disabled(), Some(false));
+            assert_eq!(sys::disabled(), Some(false));
             assert!(sys::set_disabled(before));
         }
     }
