@@ -21,7 +21,7 @@ use tillstream_testkit::TestEnv;
 use tillstream_testkit::process::{ChildProcess, free_addr};
 
 use crate::load::platform::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, allocator_env, binary, kib_to_mib, proc_status, status_field,
+    ADMIN_EMAIL, ADMIN_PASSWORD, allocator_env, binary, kib_to_mib, proc_file, status_field,
 };
 use crate::load::seed::{self, Customer};
 
@@ -399,13 +399,12 @@ struct Memory {
 
 impl Memory {
     fn of(pid: u32) -> Option<Memory> {
-        let status = proc_status(pid)?;
+        let status = proc_file(pid, "status")?;
         Some(Memory {
             rss_mib: status_field(&status, "VmRSS:").map(kib_to_mib)?,
             anon_mib: status_field(&status, "RssAnon:").map(kib_to_mib),
             file_mib: status_field(&status, "RssFile:").map(kib_to_mib),
-            huge_pages_mib: std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-                .ok()
+            huge_pages_mib: proc_file(pid, "smaps_rollup")
                 .and_then(|rollup| status_field(&rollup, "AnonHugePages:"))
                 .map(kib_to_mib),
             huge_pages_allowed: status_field(&status, "THP_enabled:").map(|v| v == 1.0),

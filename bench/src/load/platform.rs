@@ -126,12 +126,13 @@ impl RunningPlatform {
 
 /// `VmRSS` of a process, in MiB.
 pub fn rss_mib(pid: u32) -> Option<f64> {
-    status_field(&proc_status(pid)?, "VmRSS:").map(kib_to_mib)
+    status_field(&proc_file(pid, "status")?, "VmRSS:").map(kib_to_mib)
 }
 
-/// `/proc/<pid>/status`, read once for any number of [`status_field`]s.
-pub fn proc_status(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+/// `/proc/<pid>/<file>` (`status`, `smaps_rollup`), read once for any number of
+/// [`status_field`]s.
+pub fn proc_file(pid: u32, file: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()
 }
 
 /// The number of field `name` (with its colon) of a `/proc/<pid>/status` or `smaps_rollup`
