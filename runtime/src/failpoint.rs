@@ -12,7 +12,7 @@
 //! | name | where |
 //! |---|---|
 //! | `relay.after_publish` | the relay has every ack of a batch from JetStream, and has not yet committed its checkpoint |
-//! | `projector.before_ack` | the projector has committed a batch to the read models, and has not yet acknowledged it to JetStream |
+//! | `projector.before_ack` | the projector has committed a batch that changed the read models, and has not yet acknowledged it to JetStream |
 //!
 //! Reaching an armed point logs one error line naming it, then the process sends itself
 //! SIGKILL: no destructor, no flush, no graceful shutdown runs, exactly as if the machine

@@ -30,9 +30,6 @@ use tillstream_testkit::postgres_server::PrivatePostgres;
 use tillstream_testkit::process::killed_by_sigkill;
 use tillstream_testkit::{TestEnv, eventually, nats_url};
 
-/// How long a test waits for JetStream to redeliver what a killed projector held.
-const REDELIVERY_DEADLINE: Duration = Duration::from_secs(120);
-
 /// What a fault test did, printed as one line on stderr (not captured by the test harness).
 fn summary(test: &str, audit: &LogAudit, kills: u32, extra: &str, mismatches: usize) {
     let _ = writeln!(
@@ -201,7 +198,9 @@ async fn projector_killed_between_apply_and_ack_applies_each_event_once() {
     place_and_pay(&clients, &buyers[0], 2).await;
 
     // While the projector is down a backlog forms; it comes back with the failpoint armed,
-    // commits its first batch and dies before acknowledging it.
+    // commits the first batch that changes the read models and dies before acknowledging
+    // it. (Its first batch may change nothing: the events the first projector was handed
+    // come back only after the ack wait, and those after them wait for them.)
     platform.part(Part::Projector).kill();
     for buyer in &buyers {
         place_and_pay(&clients, buyer, 4).await;
@@ -222,20 +221,11 @@ async fn projector_killed_between_apply_and_ack_applies_each_event_once() {
         "events applied but not acknowledged are pending"
     );
 
-    // Back without the failpoint: JetStream redelivers what was applied, the checkpoints
-    // turn it away. The redelivery is due 1 s after the kill (the ack wait), but in one CI
-    // run (2026-11-27, under the suite's load) none came within the usual 30 s, with every
-    // event in the read model once: a slow redelivery is not what this test is about, the
-    // single apply is, so it gets longer.
+    // Back without the failpoint: JetStream redelivers what was applied (1 s after the
+    // kill, the ack wait), and the checkpoints turn it away.
+    let killed = consumer_info(&js, &platform.env, &durable).await;
     platform.start_part(Part::Projector, &[]).await;
-    let duplicates = platform
-        .await_metric(
-            Part::Projector,
-            "tillstream_projection_duplicates_total",
-            1.0,
-            REDELIVERY_DEADLINE,
-        )
-        .await;
+    let duplicates = await_skipped_redelivery(&platform, &js, &durable, &killed).await;
     eventually(DEADLINE, "every event acknowledged", || async {
         let info = consumer_info(&js, &platform.env, &durable).await;
         (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
@@ -290,6 +280,58 @@ async fn consumer_info(
         .consumer_info(durable)
         .await
         .expect("consumer info")
+}
+
+/// Awaits the restarted projector counting a redelivered event as a duplicate. On timeout
+/// it panics with the consumer's state when the projector died (`killed`) and now, and the
+/// projector's metrics: they tell a redelivery that never came from one that came and was
+/// not counted.
+async fn await_skipped_redelivery(
+    platform: &SplitPlatform,
+    js: &jetstream::Context,
+    durable: &str,
+    killed: &jetstream::consumer::Info,
+) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        let duplicates = platform
+            .metric(Part::Projector, "tillstream_projection_duplicates_total")
+            .await;
+        if duplicates >= 1.0 {
+            return duplicates;
+        }
+        if start.elapsed() > DEADLINE {
+            let now = consumer_info(js, &platform.env, durable).await;
+            let metrics = platform.metrics_text(Part::Projector).await;
+            let projection: Vec<&str> = metrics
+                .lines()
+                .filter(|line| line.starts_with("tillstream_projection"))
+                .collect();
+            panic!(
+                "no redelivered event skipped within {DEADLINE:?}\n\
+                 consumer when the projector died: {}\n\
+                 consumer now: {}\n\
+                 projector metrics:\n{}",
+                consumer_state(killed),
+                consumer_state(&now),
+                projection.join("\n"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn consumer_state(info: &jetstream::consumer::Info) -> String {
+    format!(
+        "delivered={:?} ack_floor={:?} ack_pending={} redelivered={} waiting={} pending={} ack_wait={:?}",
+        info.delivered,
+        info.ack_floor,
+        info.num_ack_pending,
+        info.num_redelivered,
+        info.num_waiting,
+        info.num_pending,
+        info.config.ack_wait,
+    )
 }
 
 /// Awaits the projector's durable consumer and makes JetStream redeliver unacknowledged

@@ -206,15 +206,19 @@ impl SplitPlatform {
     /// The sum over all label sets of the Prometheus metric `name` on `part`'s `/metrics`
     /// (0 when the process has not recorded it).
     pub async fn metric(&self, part: Part, name: &str) -> f64 {
+        metric_in(&self.metrics_text(part).await, name)
+    }
+
+    /// What `part`'s `/metrics` answers.
+    pub async fn metrics_text(&self, part: Part) -> String {
         let url = format!("http://{}/metrics", self.ops[&part]);
-        let text = reqwest::get(&url)
+        reqwest::get(&url)
             .await
             .and_then(|r| r.error_for_status())
             .expect("metrics answer")
             .text()
             .await
-            .expect("metrics text");
-        metric_in(&text, name)
+            .expect("metrics text")
     }
 
     /// Awaits `metric` on `part` reaching at least `at_least`, for at most `deadline`.
