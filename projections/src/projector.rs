@@ -36,14 +36,18 @@ fn delivered(message: &jetstream::Message) -> u32 {
 /// How a projector retries an event it could not apply before dead-lettering it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Deliveries before the event goes to the dead letters.
+    /// Deliveries before the event goes to the dead letters. An event waiting for an
+    /// earlier one of its aggregate gets more when needed, so that its retries outlast the
+    /// consumer's ack wait twice over.
     pub max_deliveries: u32,
     /// Delay after the first failed delivery; it doubles with every further one.
     pub first_delay: Duration,
 }
 
 impl Default for RetryPolicy {
-    /// Six deliveries over about half a minute (0.5 + 1 + 2 + 4 + 8 s of waiting).
+    /// Six deliveries over about a quarter of a minute (0.5 + 1 + 2 + 4 + 8 s of waiting);
+    /// eight (63.5 s) for an event waiting for an earlier one, with the 30 s ack wait of
+    /// `nats/streams.json`.
     fn default() -> Self {
         RetryPolicy {
             max_deliveries: 6,
@@ -57,6 +61,21 @@ impl RetryPolicy {
         self.first_delay
             .saturating_mul(1u32 << delivered.saturating_sub(1).min(10))
             .min(Duration::from_secs(60))
+    }
+
+    /// Deliveries before an event that waits for an earlier one of its aggregate is
+    /// dead-lettered: at least `max_deliveries`, and enough that the delays between them
+    /// add up to twice `ack_wait`. The earlier event may be out with a projector that died
+    /// holding it, and JetStream hands it out again only once the ack wait has passed.
+    fn deliveries_outlasting(&self, ack_wait: Duration) -> u32 {
+        let span = ack_wait.saturating_mul(2);
+        let (mut deliveries, mut waited) = (1, Duration::ZERO);
+        // A zero first delay never adds up; 64 deliveries is where it stops trying.
+        while waited < span && deliveries < 64 {
+            waited += self.delay(deliveries);
+            deliveries += 1;
+        }
+        deliveries.max(self.max_deliveries)
     }
 }
 
@@ -154,6 +173,8 @@ impl Projector {
             .get_or_create_consumer(&durable, config)
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?;
+        // The server's ack wait (a test or an operator may have changed the file's).
+        let ack_wait = consumer.cached_info().config.ack_wait;
         // Whatever has already arrived is applied together (up to MAX_BATCH events in one
         // transaction) when the projector is behind; when it is caught up, each event is
         // applied as soon as it arrives.
@@ -184,7 +205,7 @@ impl Projector {
                 }
             }
             backoff.reset();
-            self.handle_batch(messages).await;
+            self.handle_batch(messages, ack_wait).await;
             if let Some(error) = failure {
                 return Err(error);
             }
@@ -193,8 +214,8 @@ impl Projector {
 
     /// Applies a batch in one transaction, and again with a savepoint per event when an
     /// event fails, so one event's failure does not undo the others. Acks go out after the
-    /// commit.
-    async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
+    /// commit. `ack_wait` is the consumer's.
+    async fn handle_batch(&self, messages: Vec<jetstream::Message>, ack_wait: Duration) {
         if messages.is_empty() {
             return;
         }
@@ -220,6 +241,7 @@ impl Projector {
                         None,
                         &format!("not an event envelope: {error}"),
                         delivered,
+                        self.retry.max_deliveries,
                     )
                     .await;
                 }
@@ -272,7 +294,7 @@ impl Projector {
             tillstream_runtime::failpoint::point("projector.before_ack");
         }
         for ((message, envelope), outcome) in decoded.iter().zip(outcomes) {
-            self.settle(message, envelope, outcome).await;
+            self.settle(message, envelope, outcome, ack_wait).await;
         }
     }
 
@@ -368,8 +390,10 @@ impl Projector {
         message: &jetstream::Message,
         envelope: &EventEnvelope,
         outcome: Result<ApplyOutcome, ApplyError>,
+        ack_wait: Duration,
     ) {
         let delivered = delivered(message);
+        let mut deliveries = self.retry.max_deliveries;
         let failure = match outcome {
             Ok(ApplyOutcome::Applied) => {
                 metrics::counter!("tillstream_projection_applied_total", "projection" => PROJECTION).increment(1);
@@ -386,6 +410,12 @@ impl Projector {
                 return self.acknowledge(message, AckKind::Ack).await;
             }
             Ok(ApplyOutcome::Gap { expected }) => {
+                // The missing event may be out with a projector that died holding it: this
+                // one waits until JetStream has handed that out again, unless it is a dead
+                // letter already (then it will not come back by itself).
+                if delivered >= deliveries && !self.waits_on_dead_letter(envelope).await {
+                    deliveries = self.retry.deliveries_outlasting(ack_wait);
+                }
                 format!("sequence {expected} has not been applied yet")
             }
             Err(ApplyError::Database(error)) => {
@@ -397,8 +427,25 @@ impl Projector {
             }
             Err(error) => error.to_string(),
         };
-        self.dead_letter(message, Some(envelope), &failure, delivered)
+        self.dead_letter(message, Some(envelope), &failure, delivered, deliveries)
             .await;
+    }
+
+    /// Whether an earlier event of `envelope`'s aggregate is a dead letter not yet
+    /// re-driven. When that cannot be read, it is taken not to be (the event is retried).
+    async fn waits_on_dead_letter(&self, envelope: &EventEnvelope) -> bool {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE projection = $1 \
+               AND aggregate_type = $2 AND aggregate_id = $3 AND sequence < $4 \
+               AND redriven_at IS NULL)",
+        )
+        .bind(PROJECTION)
+        .bind(&envelope.aggregate_type)
+        .bind(&envelope.aggregate_id)
+        .bind(envelope.sequence as i64)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(false)
     }
 
     async fn acknowledge(&self, message: &jetstream::Message, kind: AckKind) {
@@ -407,17 +454,18 @@ impl Projector {
         }
     }
 
-    /// Retries a message that failed to apply with growing delays; after
-    /// `max_deliveries` it is kept in `dead_letters` (and published on
-    /// `events.dlq.<aggregate>.<id>`), and the consumer moves on without it.
+    /// Retries a message that failed to apply with growing delays; after `deliveries` it
+    /// is kept in `dead_letters` (and published on `events.dlq.<aggregate>.<id>`), and the
+    /// consumer moves on without it.
     async fn dead_letter(
         &self,
         message: &jetstream::Message,
         envelope: Option<&EventEnvelope>,
         failure: &str,
         delivered: u32,
+        deliveries: u32,
     ) {
-        if delivered < self.retry.max_deliveries {
+        if delivered < deliveries {
             tracing::debug!(subject = %message.subject, delivered, failure, "event not applied; retrying");
             return self
                 .acknowledge(message, AckKind::Nak(Some(self.retry.delay(delivered))))
@@ -602,4 +650,29 @@ fn apply_span(message: &jetstream::Message, envelope: &EventEnvelope) -> tracing
         trace_context::from_nats(message.headers.as_ref()).as_ref(),
     );
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_waiting_for_an_earlier_one_outlasts_the_ack_wait_twice() {
+        let default = RetryPolicy::default();
+        // 0.5 + 1 + 2 + 4 + 8 + 16 + 32 s = 63.5 s of waiting before the eighth delivery.
+        assert_eq!(default.deliveries_outlasting(Duration::from_secs(30)), 8);
+        // A short ack wait never gives fewer than max_deliveries.
+        assert_eq!(default.deliveries_outlasting(Duration::from_secs(1)), 6);
+        let fast = RetryPolicy {
+            max_deliveries: 2,
+            first_delay: Duration::from_millis(20),
+        };
+        // 20 ms doubling: 5.1 s of waiting after 8 delays, the first sum over 4 s.
+        assert_eq!(fast.deliveries_outlasting(Duration::from_secs(2)), 9);
+        let never = RetryPolicy {
+            max_deliveries: 3,
+            first_delay: Duration::ZERO,
+        };
+        assert_eq!(never.deliveries_outlasting(Duration::from_secs(30)), 64);
+    }
 }

@@ -1,6 +1,9 @@
 //! The projector's exactly-once application, against the real Postgres.
 
+use std::time::Duration;
+
 use chrono::Utc;
+use futures::StreamExt;
 use serde_json::json;
 use tillstream_events::{Actor, EventEnvelope, EventMetadata};
 use tillstream_projections::{ApplyOutcome, Projector, RetryPolicy, dead_letters, migrate};
@@ -48,6 +51,34 @@ async fn publish_all(
     for ack in acks {
         ack.await.unwrap();
     }
+}
+
+/// Creates the projector's durable consumer with `ack_wait` instead of the 30 s of
+/// `nats/streams.json`; a projector started afterwards uses it as it is.
+async fn projector_consumer(
+    env: &TestEnv,
+    js: &async_nats::jetstream::Context,
+    ack_wait: Duration,
+) -> async_nats::jetstream::consumer::PullConsumer {
+    let (stream, mut config) =
+        tillstream_runtime::nats::consumer_config(&env.namespace, "projector-main").unwrap();
+    config.ack_wait = ack_wait;
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(config)
+        .await
+        .unwrap()
+}
+
+fn order_paid(order_id: Uuid) -> EventEnvelope {
+    envelope(
+        "order",
+        order_id,
+        2,
+        "OrderPaid",
+        json!({"payment_reference": "p", "amount_cents": 2500}),
+    )
 }
 
 fn order_placed(order_id: Uuid, user_id: Uuid) -> EventEnvelope {
@@ -229,6 +260,9 @@ async fn poison_events_are_dead_lettered_and_the_projector_moves_on_and_redrives
     let (_, pool) = env.database("reads").await;
     migrate(&pool).await.unwrap();
     let (client, js) = env.jetstream().await;
+    // An event whose predecessor never comes is retried for twice the ack wait (the
+    // predecessor could be out with a dead projector) before it is dead-lettered.
+    projector_consumer(&env, &js, Duration::from_secs(1)).await;
     let fast = RetryPolicy {
         max_deliveries: 2,
         first_delay: std::time::Duration::from_millis(20),
@@ -261,14 +295,7 @@ async fn poison_events_are_dead_lettered_and_the_projector_moves_on_and_redrives
     .unwrap()
     .await
     .unwrap();
-    let paid = envelope(
-        "order",
-        order_id,
-        2,
-        "OrderPaid",
-        json!({"payment_reference": "p", "amount_cents": 2500}),
-    );
-    publish(paid).await;
+    publish(order_paid(order_id)).await;
     // ...do not stop a healthy event behind them.
     let other = Uuid::now_v7();
     publish(order_placed(other, user_id)).await;
@@ -342,6 +369,53 @@ async fn poison_events_are_dead_lettered_and_the_projector_moves_on_and_redrives
 
     shutdown.cancel();
     running.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_event_waiting_for_one_a_dead_projector_held_is_applied_once_that_comes_back() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let (client, js) = env.jetstream().await;
+    let ack_wait = Duration::from_secs(2);
+    let consumer = projector_consumer(&env, &js, ack_wait).await;
+    let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
+    publish_all(&env, &js, vec![order_placed(order_id, user_id)]).await;
+    // A projector is handed the order's first event and dies before applying it: JetStream
+    // hands the event out again once the ack wait has passed.
+    let mut handed = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let held = handed.next().await.unwrap().unwrap();
+    assert_eq!(held.info().unwrap().stream_sequence, 1);
+    drop((held, handed));
+    publish_all(&env, &js, vec![order_paid(order_id)]).await;
+
+    // The next projector gets the payment first. Two deliveries 20 ms apart would have
+    // dead-lettered it long before the placing comes back; it is retried until then.
+    let fast = RetryPolicy {
+        max_deliveries: 2,
+        first_delay: Duration::from_millis(20),
+    };
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let projector =
+        Projector::new(pool.clone(), client, env.namespace.clone(), 1).with_retry_policy(fast);
+    let running = tokio::spawn(projector.run(shutdown.clone()));
+    tillstream_testkit::eventually(Duration::from_secs(30), "the order paid", || async {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        (status.as_deref() == Some("PAID")).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap();
+    assert!(dead_letters::waiting(&pool).await.unwrap().is_empty());
+    // It did wait: the placing was delivered twice, the payment more than twice.
+    let mut consumer = consumer;
+    let deliveries = consumer.info().await.unwrap().delivered.consumer_sequence;
+    assert!(deliveries > 4, "{deliveries} deliveries");
     env.cleanup().await;
 }
 
