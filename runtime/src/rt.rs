@@ -10,7 +10,7 @@
 //!   all-in-one at ~200 MiB for as long as it then stayed idle, with under 5 MiB of it still
 //!   allocated (heaptrack, docs/performance.md). `mi_collect` frees those pages; purged,
 //!   they leave the resident set.
-//! - Transparent huge pages wait until the process is busy ([`huge_pages`]).
+//! - Transparent huge pages are off unless the environment asks for them ([`huge_pages`]).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -19,17 +19,17 @@ use std::time::{Duration, Instant};
 const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
 /// A multi-thread runtime with every driver enabled, whose workers return freed memory
-/// when they go idle, and which allows transparent huge pages once it is busy.
+/// when they go idle, in a process with transparent huge pages off ([`huge_pages`]).
 pub fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
-    huge_pages::hold_off();
+    huge_pages::turn_off();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(on_park)
         .build()
 }
 
-/// Returns this thread's freed allocator pages and looks at how busy the runtime has
-/// been, unless it did so less than [`COLLECT_EVERY`] ago.
+/// Returns this thread's freed allocator pages, unless it did so less than
+/// [`COLLECT_EVERY`] ago.
 fn on_park() {
     thread_local! {
         static COLLECTED: Cell<Option<Instant>> = const { Cell::new(None) };
@@ -43,137 +43,43 @@ fn on_park() {
         // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any
         // time; without mimalloc as the global allocator it collects an empty heap.
         unsafe { libmimalloc_sys::mi_collect(false) };
-        huge_pages::allow_if_busy(now);
     });
 }
 
-/// Transparent huge pages, held off while the process is quiet.
+/// Transparent huge pages, off unless asked for.
 ///
-/// mimalloc asks the kernel for huge pages on its heap (`MADV_HUGEPAGE`). Under load they
-/// pay: the gateway served 4–10 % more reads a second with them. Idle, they cost: the
-/// first byte a thread uses in each 2 MiB of heap makes all 2 MiB resident, about 10 MiB
-/// per process, which took the idle gateway over its 30 MB target (docs/performance.md,
-/// "Idle memory and huge pages").
+/// mimalloc asks the kernel for huge pages on its heap (`MADV_HUGEPAGE`). Their cost is
+/// memory. The first byte used in each 2 MiB of heap makes all 2 MiB resident, and the
+/// kernel's `khugepaged` (with its default `max_ptes_none` of 511) later fills whole
+/// 2 MiB ranges of heap that hold a single used page, also while the process is idle and
+/// also where mimalloc has handed memory back. After the suite's load the all-in-one held
+/// 150–156 MiB with them, 44 MiB of it in huge pages and growing while idle, and 94–98 MiB
+/// without (docs/performance.md, Fix 18). What they paid back under load, 4–10 % more
+/// reads a second in one early comparison, later runs did not show within their noise.
 ///
-/// So a process starts with huge pages turned off for itself (`PR_SET_THP_DISABLE`), and
-/// turns them on for good the first time its runtime's workers were busy, together, for
-/// at least half of a second over a second or more. Memory it used before that keeps
-/// ordinary pages, also when the allocator reuses it; memory it uses for the first time
-/// from then on gets huge pages. Memory mimalloc took before `main` (4 MiB) has them
-/// already. Measured (docs/performance.md, Fix 17): the idle gateway (thin LTO) 24.7 MiB
-/// instead of 30.8; under a read load right after start, the all-in-one had 4–8 MiB of
-/// its heap in huge pages against 14–20 MiB by default.
-///
-/// `MIMALLOC_ALLOW_THP` decides instead when it is set: `0` (or `false`, `off`, `no`)
-/// keeps huge pages off, any other value leaves them on from the start. A process that
-/// finds them off already (a parent's choice, inherited) leaves them off. Processes
-/// started while they are held off (the predictor's hook command) inherit that.
+/// So a process turns them off for itself (`PR_SET_THP_DISABLE`) as it starts, unless
+/// `MIMALLOC_ALLOW_THP` is set to something other than `0` (`false`, `off`, `no`).
+/// Memory mimalloc took before `main` (4 MiB) has them already; `MIMALLOC_ALLOW_THP=0`
+/// spares that too, since mimalloc reads it before `main`. A process that finds them off
+/// already (a parent's choice, inherited) leaves them off, and processes it starts (the
+/// predictor's hook command) inherit that.
 pub mod huge_pages {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::{Duration, Instant};
-
-    /// mimalloc's own variable for the same choice; when it is set, it decides.
+    /// mimalloc's own variable for the same choice.
     const VARIABLE: &str = "MIMALLOC_ALLOW_THP";
-    /// Busy time of all workers together, as a share of the time it was measured over.
-    const BUSY_SHARE: f64 = 0.5;
-    /// The shortest time a share is measured over.
-    const WINDOW: Duration = Duration::from_secs(1);
 
-    /// Huge pages are off and wait for the runtime to be busy.
-    static HELD: AtomicBool = AtomicBool::new(false);
-    static BUSYNESS: Mutex<Busyness> = Mutex::new(Busyness::new());
-
-    /// What the environment asks for.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Policy {
-        /// Unset: off until the process is busy.
-        WhenBusy,
-        Always,
-        Never,
-    }
-
-    impl Policy {
-        fn from_variable(value: Option<&str>) -> Self {
-            match value.map(|v| v.trim().to_ascii_lowercase()) {
-                None => Self::WhenBusy,
-                Some(v) if matches!(v.as_str(), "0" | "false" | "off" | "no") => Self::Never,
-                Some(_) => Self::Always,
-            }
+    /// Turns huge pages off for this process unless the environment allows them.
+    pub fn turn_off() {
+        if !allowed(std::env::var(VARIABLE).ok().as_deref()) {
+            sys::set_disabled(true);
         }
     }
 
-    /// Turns huge pages off until [`allow_if_busy`] sees a busy runtime, as the
-    /// environment asks (see the module's documentation).
-    pub fn hold_off() {
-        let value = std::env::var(VARIABLE).ok();
-        match Policy::from_variable(value.as_deref()) {
-            Policy::Always => {}
-            // mimalloc has done this already if it saw the variable as the process started;
-            // a settings file sets it after that.
-            Policy::Never => {
-                sys::set_disabled(true);
-            }
-            Policy::WhenBusy => {
-                if sys::disabled() == Some(false) && sys::set_disabled(true) {
-                    HELD.store(true, Ordering::Release);
-                }
-            }
-        }
-    }
-
-    /// Turns huge pages on, for good, once the runtime has been busy enough.
-    pub(super) fn allow_if_busy(now: Instant) {
-        if !HELD.load(Ordering::Acquire) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let metrics = runtime.metrics();
-        let busy = (0..metrics.num_workers())
-            .map(|worker| metrics.worker_total_busy_duration(worker))
-            .sum();
-        let busy_enough = match BUSYNESS.lock() {
-            Ok(mut busyness) => busyness.observe(now, busy),
-            Err(_) => return,
-        };
-        if busy_enough && HELD.swap(false, Ordering::AcqRel) {
-            if sys::set_disabled(false) {
-                tracing::info!("the runtime is busy: transparent huge pages allowed from now on");
-            } else {
-                tracing::warn!(
-                    "the runtime is busy, but transparent huge pages stay off: the kernel refused"
-                );
-            }
-        }
-    }
-
-    /// The runtime's busy time, sampled now and then.
-    #[derive(Debug)]
-    struct Busyness {
-        last: Option<(Instant, Duration)>,
-    }
-
-    impl Busyness {
-        const fn new() -> Self {
-            Self { last: None }
-        }
-
-        /// Takes the workers' total busy time at `at`; true when, since the last sample
-        /// (at least [`WINDOW`] ago), they were busy for [`BUSY_SHARE`] of the time.
-        fn observe(&mut self, at: Instant, busy: Duration) -> bool {
-            let Some((then, busy_then)) = self.last else {
-                self.last = Some((at, busy));
-                return false;
-            };
-            let elapsed = at.saturating_duration_since(then);
-            if elapsed < WINDOW {
-                return false;
-            }
-            self.last = Some((at, busy));
-            busy.saturating_sub(busy_then).as_secs_f64() >= BUSY_SHARE * elapsed.as_secs_f64()
-        }
+    /// Whether `MIMALLOC_ALLOW_THP`'s value allows huge pages: set, and not to `0`,
+    /// `false`, `off` or `no`.
+    fn allowed(value: Option<&str>) -> bool {
+        value
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|v| !matches!(v.as_str(), "0" | "false" | "off" | "no"))
     }
 
     #[cfg(target_os = "linux")]
@@ -181,6 +87,7 @@ pub mod huge_pages {
         use libc::{c_int, c_ulong};
 
         /// Whether huge pages are off for this process now (`None`: the kernel cannot say).
+        #[cfg(test)]
         pub fn disabled() -> Option<bool> {
             match prctl(libc::PR_GET_THP_DISABLE, 0) {
                 0 => Some(false),
@@ -204,10 +111,6 @@ pub mod huge_pages {
 
     #[cfg(not(target_os = "linux"))]
     mod sys {
-        pub fn disabled() -> Option<bool> {
-            None
-        }
-
         pub fn set_disabled(_disabled: bool) -> bool {
             false
         }
@@ -215,42 +118,23 @@ pub mod huge_pages {
 
     #[cfg(test)]
     mod tests {
-        use std::time::{Duration, Instant};
-
-        use super::{Busyness, Policy, sys};
+        use super::allowed;
 
         #[test]
-        fn the_variable_decides_when_set() {
-            assert_eq!(Policy::from_variable(None), Policy::WhenBusy);
+        fn huge_pages_are_off_unless_the_variable_allows_them() {
+            assert!(!allowed(None));
             for off in ["0", "false", "OFF", " no "] {
-                assert_eq!(Policy::from_variable(Some(off)), Policy::Never, "{off}");
+                assert!(!allowed(Some(off)), "{off}");
             }
             for on in ["1", "true", "on", "yes"] {
-                assert_eq!(Policy::from_variable(Some(on)), Policy::Always, "{on}");
+                assert!(allowed(Some(on)), "{on}");
             }
-        }
-
-        #[test]
-        fn busy_means_half_the_time_over_a_second_or_more() {
-            let start = Instant::now();
-            let at = |ms: u64| start + Duration::from_millis(ms);
-            let busy = Duration::from_millis;
-            let mut busyness = Busyness::new();
-            // The first sample only sets the baseline, however busy.
-            assert!(!busyness.observe(at(0), busy(5_000)));
-            // A burst of 300 ms within a quiet minute is not busy.
-            assert!(!busyness.observe(at(60_000), busy(5_300)));
-            // Too short to judge: 900 ms busy in 950 ms; the baseline stays.
-            assert!(!busyness.observe(at(60_950), busy(6_200)));
-            // 1 200 ms of busy time over 1 500 ms (two workers) is.
-            assert!(busyness.observe(at(61_500), busy(6_500)));
-            // 400 ms over the next second is not.
-            assert!(!busyness.observe(at(62_500), busy(6_900)));
         }
 
         #[cfg(target_os = "linux")]
         #[test]
         fn huge_pages_turn_off_and_on_again() {
+            use super::sys;
             let Some(before) = sys::disabled() else {
                 return;
             };
