@@ -39,8 +39,11 @@ RUN groupadd --system --gid 10001 tillstream \
  && mkdir -p /data \
  && chown tillstream:tillstream /data
 COPY --from=builder /out/ /usr/local/bin/
+# MIMALLOC_ALLOW_THP=0: no transparent huge pages, also for what mimalloc maps before
+# `main` (each process turns them off itself after that; docs/deployment.md, "Memory").
 ENV TILLSTREAM_DATA_DIR=/data \
-    RUST_LOG=info
+    RUST_LOG=info \
+    MIMALLOC_ALLOW_THP=0
 WORKDIR /data
 USER 10001:10001
 # gRPC user/order, gateway HTTP, ops ports (each process listens on 127.0.0.1 unless its
