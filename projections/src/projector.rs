@@ -70,7 +70,8 @@ impl RetryPolicy {
     fn deliveries_outlasting(&self, ack_wait: Duration) -> u32 {
         let span = ack_wait.saturating_mul(2);
         let (mut deliveries, mut waited) = (1, Duration::ZERO);
-        // A zero first delay never adds up; 64 deliveries is where it stops trying.
+        // 64 deliveries at most: a zero first delay never adds up, and with delays capped
+        // at 60 s an ack wait over ~28 minutes is not covered.
         while waited < span && deliveries < 64 {
             waited += self.delay(deliveries);
             deliveries += 1;
@@ -173,7 +174,8 @@ impl Projector {
             .get_or_create_consumer(&durable, config)
             .await
             .map_err(|e| ProjectorError::Stream(e.to_string()))?;
-        // The server's ack wait (a test or an operator may have changed the file's).
+        // The server's ack wait (a test or an operator may have changed the file's), as it
+        // is now: a change made later is seen once the projector consumes afresh.
         let ack_wait = consumer.cached_info().config.ack_wait;
         // Whatever has already arrived is applied together (up to MAX_BATCH events in one
         // transaction) when the projector is behind; when it is caught up, each event is
@@ -413,7 +415,7 @@ impl Projector {
                 // The missing event may be out with a projector that died holding it: this
                 // one waits until JetStream has handed that out again, unless it is a dead
                 // letter already (then it will not come back by itself).
-                if delivered >= deliveries && !self.waits_on_dead_letter(envelope).await {
+                if delivered >= deliveries && !self.waits_on_dead_letter(envelope, expected).await {
                     deliveries = self.retry.deliveries_outlasting(ack_wait);
                 }
                 format!("sequence {expected} has not been applied yet")
@@ -431,17 +433,20 @@ impl Projector {
             .await;
     }
 
-    /// Whether an earlier event of `envelope`'s aggregate is a dead letter not yet
-    /// re-driven. When that cannot be read, it is taken not to be (the event is retried).
-    async fn waits_on_dead_letter(&self, envelope: &EventEnvelope) -> bool {
+    /// Whether an event `envelope` waits for (from sequence `expected` on) is a dead letter
+    /// not yet re-driven. When that cannot be read, it is taken not to be (the event is
+    /// retried). A dead letter that could not be decoded names no aggregate: the events
+    /// behind it wait their full time.
+    async fn waits_on_dead_letter(&self, envelope: &EventEnvelope, expected: u64) -> bool {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE projection = $1 \
-               AND aggregate_type = $2 AND aggregate_id = $3 AND sequence < $4 \
-               AND redriven_at IS NULL)",
+               AND aggregate_type = $2 AND aggregate_id = $3 \
+               AND sequence >= $4 AND sequence < $5 AND redriven_at IS NULL)",
         )
         .bind(PROJECTION)
         .bind(&envelope.aggregate_type)
         .bind(&envelope.aggregate_id)
+        .bind(expected as i64)
         .bind(envelope.sequence as i64)
         .fetch_one(&self.pool)
         .await

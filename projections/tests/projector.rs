@@ -378,7 +378,8 @@ async fn an_event_waiting_for_one_a_dead_projector_held_is_applied_once_that_com
     let (_, pool) = env.database("reads").await;
     migrate(&pool).await.unwrap();
     let (client, js) = env.jetstream().await;
-    let ack_wait = Duration::from_secs(2);
+    // Long enough that the next projector is consuming before the held event comes back.
+    let ack_wait = Duration::from_secs(5);
     let consumer = projector_consumer(&env, &js, ack_wait).await;
     let (order_id, user_id) = (Uuid::now_v7(), Uuid::now_v7());
     publish_all(&env, &js, vec![order_placed(order_id, user_id)]).await;

@@ -70,6 +70,8 @@ pub mod huge_pages {
     /// Turns huge pages off for this process unless the environment allows them.
     pub fn turn_off() {
         if !allowed(std::env::var(VARIABLE).ok().as_deref()) {
+            // A kernel (or a sandbox) that refuses leaves them as they were: the process
+            // runs as well, with more memory.
             sys::set_disabled(true);
         }
     }
