@@ -24,13 +24,13 @@ pub fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
     huge_pages::turn_off();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(on_park)
+        .on_thread_park(collect_freed_memory)
         .build()
 }
 
 /// Returns this thread's freed allocator pages, unless it did so less than
 /// [`COLLECT_EVERY`] ago.
-fn on_park() {
+fn collect_freed_memory() {
     thread_local! {
         static COLLECTED: Cell<Option<Instant>> = const { Cell::new(None) };
     }

@@ -292,33 +292,32 @@ async fn await_skipped_redelivery(
     durable: &str,
     killed: &jetstream::consumer::Info,
 ) -> f64 {
-    let start = std::time::Instant::now();
-    loop {
-        let duplicates = platform
-            .metric(Part::Projector, "tillstream_projection_duplicates_total")
-            .await;
-        if duplicates >= 1.0 {
-            return duplicates;
-        }
-        if start.elapsed() > DEADLINE {
-            let now = consumer_info(js, &platform.env, durable).await;
-            let metrics = platform.metrics_text(Part::Projector).await;
-            let projection: Vec<&str> = metrics
-                .lines()
-                .filter(|line| line.starts_with("tillstream_projection"))
-                .collect();
-            panic!(
-                "no redelivered event skipped within {DEADLINE:?}\n\
-                 consumer when the projector died: {}\n\
-                 consumer now: {}\n\
-                 projector metrics:\n{}",
-                consumer_state(killed),
-                consumer_state(&now),
-                projection.join("\n"),
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // The timeout ends the wait first (await_metric's own deadline is longer), so the
+    // panic below can say more than await_metric's would.
+    let skipped = platform.await_metric(
+        Part::Projector,
+        "tillstream_projection_duplicates_total",
+        1.0,
+        DEADLINE * 2,
+    );
+    if let Ok(duplicates) = tokio::time::timeout(DEADLINE, skipped).await {
+        return duplicates;
     }
+    let now = consumer_info(js, &platform.env, durable).await;
+    let metrics = platform.metrics_text(Part::Projector).await;
+    let projection: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("tillstream_projection"))
+        .collect();
+    panic!(
+        "no redelivered event skipped within {DEADLINE:?}\n\
+         consumer when the projector died: {}\n\
+         consumer now: {}\n\
+         projector metrics:\n{}",
+        consumer_state(killed),
+        consumer_state(&now),
+        projection.join("\n"),
+    );
 }
 
 fn consumer_state(info: &jetstream::consumer::Info) -> String {
