@@ -103,7 +103,7 @@ impl Reads {
         pool_size: u32,
     ) -> Result<Self, tillstream_runtime::StartError> {
         tillstream_runtime::postgres::ensure_database(url).await?;
-        let pool = tillstream_runtime::postgres::pool_planning_each_query(url, pool_size)?;
+        let pool = tillstream_runtime::postgres::pool_for_indexed_reads(url, pool_size)?;
         crate::migrate(&pool).await?;
         Ok(Reads::new(pool))
     }
@@ -122,11 +122,16 @@ impl Reads {
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<UserRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, email, username, full_name, role, status, created_at, updated_at, version, order_count, total_spent_cents FROM users \
-             WHERE ($1::uuid IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
-        )
-        .bind(before)
+        // One statement per shape: a generic plan cannot fold an optional filter away.
+        static OLDER: LazyLock<String> = LazyLock::new(|| {
+            format!("SELECT {USER_COLUMNS} FROM users WHERE id < $1 ORDER BY id DESC LIMIT $2")
+        });
+        static NEWEST: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {USER_COLUMNS} FROM users ORDER BY id DESC LIMIT $1"));
+        match before {
+            Some(before) => sqlx::query_as(&OLDER).bind(before),
+            None => sqlx::query_as(&NEWEST),
+        }
         .bind(limit)
         .fetch_all(self.counted())
         .await
@@ -231,24 +236,45 @@ impl Reads {
         before: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<OrderWithItems>, sqlx::Error> {
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            with_lines(
-                &format!(
-                    "SELECT {ORDER_COLUMNS} FROM orders \
-                     WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2) \
-                       AND ($3::uuid IS NULL OR id < $3) \
-                     ORDER BY id DESC LIMIT $4"
-                ),
-                "picked.id DESC",
-            )
+        // One statement per combination of filters (a generic plan cannot fold an optional
+        // filter away, see `pool_for_indexed_reads`): the customer's own through
+        // `orders_by_user`, everyone's through the primary key.
+        static SQL: LazyLock<[String; 8]> = LazyLock::new(|| {
+            std::array::from_fn(|shape| {
+                let mut filters = Vec::new();
+                for (bit, column) in [(1, "user_id ="), (2, "status ="), (4, "id <")] {
+                    if shape & bit != 0 {
+                        filters.push(format!("{column} ${}", filters.len() + 1));
+                    }
+                }
+                let filter = if filters.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {} ", filters.join(" AND "))
+                };
+                with_lines(
+                    &format!(
+                        "SELECT {ORDER_COLUMNS} FROM orders {filter}ORDER BY id DESC LIMIT ${}",
+                        filters.len() + 1
+                    ),
+                    "picked.id DESC",
+                )
+            })
         });
-        let rows: Vec<OrderLineRow> = sqlx::query_as(&SQL)
-            .bind(user_id)
-            .bind(status)
-            .bind(before)
-            .bind(limit)
-            .fetch_all(self.counted())
-            .await?;
+        let shape = usize::from(user_id.is_some())
+            | usize::from(status.is_some()) << 1
+            | usize::from(before.is_some()) << 2;
+        let mut query = sqlx::query_as(&SQL[shape]);
+        if let Some(user_id) = user_id {
+            query = query.bind(user_id);
+        }
+        if let Some(status) = status {
+            query = query.bind(status);
+        }
+        if let Some(before) = before {
+            query = query.bind(before);
+        }
+        let rows: Vec<OrderLineRow> = query.bind(limit).fetch_all(self.counted()).await?;
         Ok(group_lines(rows))
     }
 }

@@ -34,19 +34,23 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
     Ok(pool_options(max_connections).connect_lazy_with(options.disable_statement_logging()))
 }
 
-/// A pool like [`pool`] whose sessions plan each statement for the values it is given
-/// (`plan_cache_mode = force_custom_plan`), for the read models' queries.
+/// A pool like [`pool`] for the read models' queries, whose sessions never choose a
+/// sequential scan where an index can answer (`enable_seqscan = off`).
 ///
 /// Why: sqlx prepares every statement once per connection, and after five executions
-/// Postgres may keep a generic plan for it. A plan made while a table was small (a
-/// sequential scan of `order_items`) then stays while the table grows a hundredfold, as
-/// long as nothing re-analyzes it (with autovacuum off, nothing does); and optional filters
-/// (`$1 IS NULL OR user_id = $1`) can only use an index in a plan for the actual values.
-/// Planning these short queries costs far less than one wrong scan.
-pub fn pool_planning_each_query(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
+/// Postgres keeps a generic plan for it, made from the statistics of that moment. A plan
+/// made while a table was small (a sequential scan of `order_items`) would then stay while
+/// the table grows a hundredfold, as long as nothing re-analyzes it (with autovacuum off,
+/// nothing does). Every read-model query looks its rows up through an index, so with
+/// sequential scans ruled out the generic plan is the right one at any size. Until Fix 20
+/// (docs/performance.md) these sessions planned every statement afresh instead
+/// (`plan_cache_mode = force_custom_plan`), and planning came to cost five times what
+/// running the statement did. A query must therefore not rely on its parameters to pick
+/// its plan: no optional filters (`$1 IS NULL OR user_id = $1`), one statement per shape.
+pub fn pool_for_indexed_reads(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(PostgresError::InvalidUrl)?
-        .options([("plan_cache_mode", "force_custom_plan")]);
+        .options([("enable_seqscan", "off")]);
     Ok(pool_options(max_connections).connect_lazy_with(options.disable_statement_logging()))
 }
 
