@@ -15,12 +15,23 @@ pub async fn describe() -> serde_json::Value {
         .find(|l| l.starts_with("MemTotal"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<u64>().ok());
-    let postgres = match sqlx::PgPool::connect(&postgres_url()).await {
-        Ok(pool) => sqlx::query_scalar::<_, String>("SHOW server_version")
+    // Whether connections to Postgres are encrypted: the platform's and pgbench's use the
+    // same URL as this one, and TLS on loopback costs both about a quarter of their
+    // throughput (docs/performance.md, "TLS to Postgres on loopback, measured").
+    let (postgres, postgres_tls) = match sqlx::PgPool::connect(&postgres_url()).await {
+        Ok(pool) => (
+            sqlx::query_scalar::<_, String>("SHOW server_version")
+                .fetch_one(&pool)
+                .await
+                .ok(),
+            sqlx::query_scalar::<_, bool>(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            )
             .fetch_one(&pool)
             .await
             .ok(),
-        Err(_) => None,
+        ),
+        Err(_) => (None, None),
     };
     let nats = match async_nats::connect(nats_url()).await {
         Ok(client) => Some(client.server_info().version),
@@ -32,6 +43,7 @@ pub async fn describe() -> serde_json::Value {
         "memory_gib": memory_kib.map(|k| (k as f64 / 1024.0 / 1024.0).round()),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         "postgres": postgres,
+        "postgres_tls": postgres_tls,
         "nats_server": nats,
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         // `[madvise]` here lets the services' allocator map its heap in 2 MiB pages
