@@ -26,6 +26,15 @@ async fn seed_orders(pool: &sqlx::PgPool, user: Uuid, count: i64) {
     .unwrap();
 }
 
+/// How many orders of `customer` the first page (up to 20) holds.
+async fn first_page(reads: &Reads, customer: Uuid) -> usize {
+    reads
+        .orders(Some(customer), None, None, 20)
+        .await
+        .unwrap()
+        .len()
+}
+
 /// The plan the reading session keeps for its prepared statement whose text contains
 /// `fragment`, run with `arguments` (SQL literals), and how many generic plans it used.
 async fn kept_plan(pool: &sqlx::PgPool, fragment: &str, arguments: &str) -> (String, i64) {
@@ -69,14 +78,7 @@ async fn plans_kept_from_tiny_tables_still_use_the_indexes_once_the_tables_have_
         .unwrap();
     for _ in 0..8 {
         assert!(reads.order(some_order).await.unwrap().is_some());
-        assert_eq!(
-            reads
-                .orders(Some(customer), None, None, 20)
-                .await
-                .unwrap()
-                .len(),
-            3
-        );
+        assert_eq!(first_page(&reads, customer).await, 3);
         reads
             .orders(None, Some("PAID"), Some(Uuid::max()), 20)
             .await
@@ -110,11 +112,7 @@ async fn plans_kept_from_tiny_tables_still_use_the_indexes_once_the_tables_have_
         );
     }
     assert_eq!(
-        reads
-            .orders(Some(customer), None, None, 20)
-            .await
-            .unwrap()
-            .len(),
+        first_page(&reads, customer).await,
         3,
         "the customer's own orders, among 20 003"
     );

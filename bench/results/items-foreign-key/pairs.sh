@@ -1,13 +1,20 @@
 #!/bin/bash
-# PlaceOrder flat out, same binaries: the read model's order_items foreign key kept, or dropped during the ramp.
+# Same binaries, the read model's order_items foreign key kept or dropped by hand on the fresh
+# platform's read database during its start, alternately:
+#   pairs.sh place-order   PlaceOrder flat out, 16 clients  → items-foreign-key/{kept,dropped}
+#   pairs.sh visibility    ack → visible at 1000/s           → items-foreign-key-visibility/{kept,dropped}
 cd /work/main
 export TILLSTREAM_TEST_POSTGRES_URL='postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable'
-OUT=bench/results/items-foreign-key
+case "$1" in
+  place-order) OUT=bench/results/items-foreign-key; RUN="load --scenario grpc-place-order --users 16 --ramp 4 --duration 15" ;;
+  visibility) OUT=bench/results/items-foreign-key-visibility; RUN="visibility --rate 1000 --duration 15" ;;
+  *) echo "usage: $0 place-order|visibility" >&2; exit 2 ;;
+esac
 mkdir -p $OUT/kept $OUT/dropped
 for pair in 1 2 3; do
   for mode in kept dropped; do
     echo "=== pair $pair $mode $(date +%T)"
-    target/release/tillstream-bench --out $OUT/$mode load --scenario grpc-place-order --users 16 --ramp 4 --duration 15 > /tmp/fk-$pair-$mode.log 2>&1 &
+    target/release/tillstream-bench --out $OUT/$mode $RUN > /tmp/fk-$1-$pair-$mode.log 2>&1 &
     bench=$!
     if [ $mode = dropped ]; then
       for i in $(seq 1 100); do
@@ -20,6 +27,6 @@ for pair in 1 2 3; do
       done
     fi
     wait $bench
-    grep "req/s, p50" /tmp/fk-$pair-$mode.log
+    grep "req/s, p50\|ack→visible" /tmp/fk-$1-$pair-$mode.log
   done
 done
