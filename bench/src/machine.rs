@@ -16,8 +16,8 @@ pub async fn describe() -> serde_json::Value {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<u64>().ok());
     // Whether connections to Postgres are encrypted: the platform's and pgbench's use the
-    // same URL as this one, and TLS on loopback costs both about a quarter of their
-    // throughput (docs/performance.md, "TLS to Postgres on loopback, measured").
+    // same URL as this one, and TLS on loopback cost pgbench a fifth of its throughput
+    // here and PlaceOrder 10–22 % (docs/performance.md, "TLS to Postgres on loopback, measured").
     let (postgres, postgres_tls) = match sqlx::PgPool::connect(&postgres_url()).await {
         Ok(pool) => (
             sqlx::query_scalar::<_, String>("SHOW server_version")

@@ -103,8 +103,13 @@ impl Reads {
         pool_size: u32,
     ) -> Result<Self, tillstream_runtime::StartError> {
         tillstream_runtime::postgres::ensure_database(url).await?;
+        // Migrations run on a session of their own: the readers' rules out sequential
+        // scans, which a backfill may need.
+        let migrating = tillstream_runtime::postgres::pool(url, 1)?;
+        let migrated = crate::migrate(&migrating).await;
+        migrating.close().await;
+        migrated?;
         let pool = tillstream_runtime::postgres::pool_for_indexed_reads(url, pool_size)?;
-        crate::migrate(&pool).await?;
         Ok(Reads::new(pool))
     }
 

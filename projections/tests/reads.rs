@@ -64,6 +64,7 @@ async fn plans_kept_from_tiny_tables_still_use_the_indexes_once_the_tables_have_
     let admin = env.connect("reads");
     let customer = Uuid::now_v7();
     seed_orders(&admin, customer, 3).await;
+    seed_orders(&admin, Uuid::now_v7(), 2).await;
     sqlx::query("ANALYZE orders, order_items, users")
         .execute(&admin)
         .await
@@ -92,29 +93,55 @@ async fn plans_kept_from_tiny_tables_still_use_the_indexes_once_the_tables_have_
     let id = format!("'{some_order}'");
     let user = format!("'{customer}'");
     let max = format!("'{}'", Uuid::max());
-    for (fragment, arguments) in [
-        ("FROM orders WHERE id = $1", id.as_str()),
+    // Each kept plan must find its rows through the index named, by an index condition.
+    for (fragment, arguments, index) in [
+        (
+            "FROM orders WHERE id = $1",
+            id.clone(),
+            "Index Scan using orders_pkey on orders",
+        ),
+        (
+            "FROM orders WHERE id = $1",
+            id,
+            "Index Scan using order_items_pkey on order_items",
+        ),
         (
             "FROM orders WHERE user_id = $1 ORDER BY",
-            &format!("{user}, 20"),
+            format!("{user}, 20"),
+            "Index Scan using orders_by_user on orders",
         ),
         (
             "FROM orders WHERE status = $1 AND id < $2",
-            &format!("'PAID', {max}, 20"),
+            format!("'PAID', {max}, 20"),
+            "Index Scan Backward using orders_pkey on orders",
         ),
-        ("FROM users WHERE id < $1", &format!("{max}, 20")),
+        (
+            "FROM users WHERE id < $1",
+            format!("{max}, 20"),
+            "Index Scan Backward using users_pkey on users",
+        ),
     ] {
-        let (plan, generic) = kept_plan(&pool, fragment, arguments).await;
+        let (plan, generic) = kept_plan(&pool, fragment, &arguments).await;
         assert!(generic > 0, "{fragment}: planned afresh every time\n{plan}");
         assert!(
             !plan.contains("Seq Scan"),
             "{fragment}: a table scan\n{plan}"
         );
+        let used = plan
+            .lines()
+            .position(|line| line.contains(index))
+            .unwrap_or_else(|| panic!("{fragment}: not through {index}\n{plan}"));
+        assert!(
+            plan.lines()
+                .nth(used + 1)
+                .is_some_and(|line| line.contains("Index Cond")),
+            "{fragment}: {index} without an index condition\n{plan}"
+        );
     }
     assert_eq!(
         first_page(&reads, customer).await,
         3,
-        "the customer's own orders, among 20 003"
+        "the customer's own orders, among 20 005"
     );
     env.cleanup().await;
 }

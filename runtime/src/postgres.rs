@@ -38,15 +38,19 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
 /// sequential scan where an index can answer (`enable_seqscan = off`).
 ///
 /// Why: sqlx prepares every statement once per connection, and after five executions
-/// Postgres keeps a generic plan for it, made from the statistics of that moment. A plan
-/// made while a table was small (a sequential scan of `order_items`) would then stay while
-/// the table grows a hundredfold, as long as nothing re-analyzes it (with autovacuum off,
-/// nothing does). Every read-model query looks its rows up through an index, so with
-/// sequential scans ruled out the generic plan is the right one at any size. Until Fix 20
-/// (docs/performance.md) these sessions planned every statement afresh instead
-/// (`plan_cache_mode = force_custom_plan`), and planning came to cost five times what
-/// running the statement did. A query must therefore not rely on its parameters to pick
-/// its plan: no optional filters (`$1 IS NULL OR user_id = $1`), one statement per shape.
+/// Postgres may keep a generic plan for it, made from the statistics of that moment: it
+/// does when that plan costs no more than planning afresh, as for the keyed reads
+/// (`order(id)`, a customer's page). A plan made while a table was small (a sequential
+/// scan of `order_items`) would then stay while the table grows a hundredfold, as long as
+/// nothing re-analyzes it (with autovacuum off, nothing does). Every read-model query but
+/// an admin's status-only list (which walks the primary key, newest first) finds its rows
+/// through an index condition, so with sequential scans ruled out the generic plan is right
+/// at any size. Until Fix 20 (docs/performance.md) these sessions planned every statement
+/// afresh (`plan_cache_mode = force_custom_plan`), and planning came to cost five times
+/// what running the statement did. Statements whose generic plan would cost more (those
+/// limited by a parameter alone, such as the admin lists) are still planned each time,
+/// by Postgres's own choice. A query must not rely on its parameters to pick its plan: no
+/// optional filters (`$1 IS NULL OR user_id = $1`), one statement per shape.
 pub fn pool_for_indexed_reads(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(PostgresError::InvalidUrl)?

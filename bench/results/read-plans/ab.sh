@@ -1,6 +1,6 @@
 #!/bin/bash
 # Session-start binary (base) against this session's (new), alternately, same machine, same hour.
-# /tmp/tillstream-base: target/release/tillstream built at ac7a978 (session start); /tmp/tillstream-new: built at 56ecf77 (Fixes 19 and 20).
+# /tmp/tillstream-base: target/release/tillstream built at ac7a978 (session start); /tmp/tillstream-new: built from the working tree committed as 56ecf77 minutes later (Fixes 19 and 20). Each pair runs base first.
 cd /work/main
 OUT=bench/results/read-plans
 for pair in 1 2 3; do
