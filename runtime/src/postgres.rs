@@ -47,9 +47,9 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
 /// through an index condition, so with sequential scans ruled out the generic plan is right
 /// at any size. Until Fix 20 (docs/performance.md) these sessions planned every statement
 /// afresh (`plan_cache_mode = force_custom_plan`), and planning came to cost five times
-/// what running the statement did. Statements whose generic plan would cost more (those
-/// limited by a parameter alone, such as the admin lists) are still planned each time,
-/// by Postgres's own choice. A query must not rely on its parameters to pick its plan: no
+/// what running the statement did. Statements whose generic plan would cost more (one
+/// limited by a parameter alone, such as an admin's unfiltered list) are still planned
+/// each time, by Postgres's own choice. A query must not rely on its parameters to pick its plan: no
 /// optional filters (`$1 IS NULL OR user_id = $1`), one statement per shape.
 pub fn pool_for_indexed_reads(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
     let options = PgConnectOptions::from_str(url)
