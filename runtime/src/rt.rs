@@ -11,8 +11,8 @@
 //!   allocated (heaptrack, docs/performance.md). `mi_collect` frees those pages; purged,
 //!   they leave the resident set.
 //! - Transparent huge pages are off unless the environment asks for them ([`huge_pages`]).
-//! - mimalloc hands pages it frees back to the system after 1 ms, not after 10 ms that an
-//!   idle process never reaches ([`purge`]).
+//! - mimalloc hands pages it frees back to the system after 1 ms, not after its default
+//!   1 s, which an idle process may never reach ([`purge`]).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -50,51 +50,64 @@ fn collect_freed_memory() {
     });
 }
 
-/// Freed memory handed back to the system after 1 ms, unless `MIMALLOC_PURGE_DELAY` says
-/// otherwise.
+/// Freed memory handed back to the system after 1 ms, unless the environment sets the delay.
 ///
-/// mimalloc gives the pages it no longer uses back to the system (`MADV_DONTNEED`, a
-/// "purge") only after a delay, 10 ms by default (100 ms for whole segments), so that memory
-/// freed and taken again soon costs no system call. But a purge is carried out only when
-/// mimalloc next works on that segment: freed pages that no thread touches again stay
-/// resident for as long as the process idles, and [`collect_freed_memory`] does not reach
-/// them either (docs/performance.md, Fix 21). With 10 ms what the all-in-one kept depended
-/// on the run: 28–40 MiB idle after start, 31–74 MiB after 50 customers were seeded; with
-/// 1 ms, 28.7–29.7 and 31.4–33.9 MiB in every run; with none, 25–27 and 28.5–29.2. Under
-/// `order(id)` at 100 connections, 1 ms cost ~250 `madvise` calls and ~800 page faults a
-/// second more than 10 ms, no delay ~1 300 and ~3 300: 1 ms keeps most of the memory for a
-/// fifth of those calls.
+/// mimalloc (version 3, as libmimalloc-sys builds it here) gives the pages it no longer uses
+/// back to the system (`MADV_DONTNEED`, a "purge") only once they have been free for a
+/// delay, 1 s by default, so that memory freed and taken again soon costs no system call;
+/// and it purges only when it next runs its purge, on a later allocation or collection. A
+/// process that goes idle right after freeing may keep those pages resident for as long as
+/// it idles. With the default, what the all-in-one kept depended on the run: 28–40 MiB idle
+/// after start, 31–74 MiB after 50 customers were seeded; with 1 ms, 28.7–29.7 and
+/// 31.4–33.9 MiB in every run; with no delay, 25–27 and 28.5–29.2 (docs/performance.md,
+/// Fix 21). Under `order(id)` at 100 connections, 1 ms cost ~220 `madvise` calls and ~700
+/// page faults a second more than the default, no delay ~1 230 and ~3 060: 1 ms keeps most
+/// of the memory for a fifth of those calls.
 ///
-/// A process that finds `MIMALLOC_PURGE_DELAY` set keeps mimalloc's reading of it.
+/// A process that finds `MIMALLOC_PURGE_DELAY` (or its older name `MIMALLOC_RESET_DELAY`)
+/// set keeps mimalloc's reading of it.
 pub mod purge {
     use std::os::raw::c_long;
 
-    /// mimalloc's own variable for the delay, in milliseconds.
-    const VARIABLE: &str = "MIMALLOC_PURGE_DELAY";
-    /// `mi_option_purge_delay`: its number in mimalloc 2's `mi_option_t`, which
-    /// libmimalloc-sys does not name. The test below checks that it is that option.
+    /// mimalloc's own variables for the delay, in milliseconds (the second is its old name).
+    const VARIABLES: [&str; 2] = ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"];
+    /// `mi_option_purge_delay`: its number in `mi_option_t` (the same in mimalloc 2 and 3),
+    /// which libmimalloc-sys does not name. The test below checks that it is that option.
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
     /// The delay set, in milliseconds.
     const DELAY: c_long = 1;
 
-    /// Purges after [`DELAY`] from now on, unless the environment set a delay.
+    /// Purges after [`DELAY`] from now on, unless the environment set a delay. Called before
+    /// the runtime's threads start.
     pub fn soon() {
-        if std::env::var_os(VARIABLE).is_none() {
+        if VARIABLES
+            .iter()
+            .all(|name| std::env::var_os(name).is_none())
+        {
             set_delay(DELAY);
         }
     }
 
     /// Sets the purge delay in milliseconds (`-1`: never purge).
     fn set_delay(milliseconds: c_long) {
-        // SAFETY: `mi_option_set` stores an integer in mimalloc's option table; any thread
-        // may call it at any time, and the option is read again at each purge.
+        // SAFETY: `mi_option_set` stores an integer in mimalloc's option table, which
+        // mimalloc reads again at each purge. The store is not atomic: callers set it before
+        // other threads allocate with mimalloc ([`soon`] before the runtime starts; the test
+        // while no other thread of its process uses mimalloc).
         unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, milliseconds) };
+    }
+
+    /// The purge delay now, in milliseconds.
+    #[cfg(test)]
+    fn delay() -> c_long {
+        // SAFETY: reads an integer from mimalloc's option table.
+        unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) }
     }
 
     #[cfg(all(test, target_os = "linux"))]
     mod tests {
-        use super::set_delay;
+        use super::{delay, set_delay};
 
         /// Resident memory of this process, in KiB.
         fn resident_kib() -> i64 {
@@ -135,11 +148,19 @@ pub mod purge {
             .unwrap()
         }
 
+        /// Needs pages purged by `MADV_DONTNEED` (mimalloc's default), which leave the
+        /// resident set at once; `MIMALLOC_PURGE_DECOMMITS=0` purges with `MADV_FREE`,
+        /// which does not, and the test then has nothing to measure.
         #[test]
         fn the_option_set_is_mimallocs_purge_delay() {
+            if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
+                eprintln!("MIMALLOC_PURGE_DECOMMITS is set: not measured");
+                return;
+            }
+            let before = delay();
             let never = shrinks_by_kib(-1);
             let at_once = shrinks_by_kib(0);
-            set_delay(10); // mimalloc's default, for the other tests of this process
+            set_delay(before);
             assert!(
                 at_once > 48 * 1024,
                 "purging at once, freeing 64 MiB gave back only {at_once} KiB"

@@ -17,10 +17,18 @@ env "$@" TILLSTREAM_ADMIN_PASSWORD=admin-password-123 "$bin" up --no-demo \
   --order-grpc-addr=127.0.0.1:18082 --ops-base-port=18090 --rate-limit-per-second=0 \
   --admin-email=admin@bench.local > "$dir/log" 2>&1 &
 pid=$!
-for _ in $(seq 1 120); do curl -sf 127.0.0.1:18080/readyz > /dev/null && break; sleep 0.5; done
-sleep 12
-echo "$label $(awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status") MiB"
-kill "$pid"
+ready=no
+for _ in $(seq 1 120); do
+  if curl -sf 127.0.0.1:18080/readyz > /dev/null; then ready=yes; break; fi
+  sleep 0.5
+done
+if [ "$ready" = yes ]; then
+  sleep 12
+  echo "$label $(awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status") MiB"
+else
+  echo "$label: not ready within 60 s (log: $dir/log)" >&2
+fi
+kill "$pid" 2> /dev/null || true
 wait "$pid" 2> /dev/null || true
 for db in users orders reads; do
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS ${id}_$db WITH (FORCE)"
@@ -45,4 +53,4 @@ for name in request("$JS.API.STREAM.NAMES").get("streams") or []:
     if name.lower().startswith(sys.argv[1].lower() + "_"):
         request("$JS.API.STREAM.DELETE." + name)
 EOF
-rm -rf "$dir"
+[ "$ready" = yes ] && rm -rf "$dir"
