@@ -30,8 +30,7 @@ pub enum PostgresError {
 /// A pool on `url`. Connections are made lazily and checked before use, so a process
 /// starts while Postgres is still coming up and recovers after Postgres restarts.
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
-    let options = PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl)?;
-    Ok(pool_options(max_connections).connect_lazy_with(options.disable_statement_logging()))
+    pool_with_settings(url, max_connections, &[])
 }
 
 /// A pool like [`pool`] for the read models' queries, whose sessions never choose a
@@ -52,9 +51,19 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
 /// each time, by Postgres's own choice. A query must not rely on its parameters to pick its plan: no
 /// optional filters (`$1 IS NULL OR user_id = $1`), one statement per shape.
 pub fn pool_for_indexed_reads(url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(PostgresError::InvalidUrl)?
-        .options([("enable_seqscan", "off")]);
+    pool_with_settings(url, max_connections, &[("enable_seqscan", "off")])
+}
+
+/// A pool on `url` as [`pool`] builds it, each of its sessions with `settings` set.
+fn pool_with_settings(
+    url: &str,
+    max_connections: u32,
+    settings: &[(&str, &str)],
+) -> Result<PgPool, PostgresError> {
+    let mut options = PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl)?;
+    if !settings.is_empty() {
+        options = options.options(settings.iter().copied());
+    }
     Ok(pool_options(max_connections).connect_lazy_with(options.disable_statement_logging()))
 }
 
