@@ -27,6 +27,12 @@ const MAX_BATCH: usize = 500;
 /// heartbeats end the stream so [`Projector::run`] consumes afresh.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// After a shutdown, the projector goes on applying what JetStream delivers until nothing
+/// has arrived for `DRAIN_QUIET`, for at most `DRAIN_LIMIT`, and only then lets go of its
+/// pull. A delivery dropped unacknowledged is handed out again only after the consumer's
+/// ack wait (30 s), and the later events of its aggregate wait for it that long.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// How many times JetStream has delivered `message` (1 the first time).
 fn delivered(message: &jetstream::Message) -> u32 {
@@ -192,7 +198,8 @@ impl Projector {
         tracing::info!(consumer = %durable, "projector consuming");
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                biased;
+                _ = shutdown.cancelled() => break,
                 next = batches.next() => next,
             };
             let Some(batch) = next else {
@@ -212,6 +219,39 @@ impl Projector {
                 return Err(error);
             }
         }
+        self.drain(&mut batches, ack_wait).await;
+        Ok(())
+    }
+
+    /// Applies what arrives after a shutdown until the stream has been quiet for
+    /// [`DRAIN_QUIET`] (or [`DRAIN_LIMIT`] has passed), so that what was delivered before
+    /// the pull is dropped is applied and acknowledged, not left to the ack wait.
+    async fn drain<S>(&self, batches: &mut S, ack_wait: Duration)
+    where
+        S: futures::Stream<Item = Vec<Result<jetstream::Message, pull::MessagesError>>> + Unpin,
+    {
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        let mut applied = 0;
+        loop {
+            let quiet = (tokio::time::Instant::now() + DRAIN_QUIET).min(deadline);
+            let Ok(Some(batch)) = tokio::time::timeout_at(quiet, batches.next()).await else {
+                break;
+            };
+            let messages: Vec<_> = batch.into_iter().filter_map(Result::ok).collect();
+            applied += messages.len();
+            self.handle_batch(messages, ack_wait).await;
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    applied,
+                    "projector still receiving after {DRAIN_LIMIT:?}; what is in flight is delivered again after the ack wait"
+                );
+                return;
+            }
+        }
+        tracing::debug!(
+            applied,
+            "projector applied what it had been handed before stopping"
+        );
     }
 
     /// Applies a batch in one transaction, and again with a savepoint per event when an

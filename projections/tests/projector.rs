@@ -925,3 +925,49 @@ async fn an_event_the_database_refuses_fails_alone_in_a_batch_of_many_aggregates
     running.await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_projector_stopped_in_a_backlog_applies_what_it_was_handed_before_letting_go() {
+    let env = TestEnv::new();
+    let (_, pool) = env.database("reads").await;
+    migrate(&pool).await.unwrap();
+    let (client, js) = env.jetstream().await;
+    // A delivery let go of unacknowledged would not come back within the test.
+    let mut consumer = projector_consumer(&env, &js, Duration::from_secs(3600)).await;
+    let user_id = Uuid::now_v7();
+    let backlog: Vec<_> = (0..2000)
+        .map(|_| order_placed(Uuid::now_v7(), user_id))
+        .collect();
+    publish_all(&env, &js, backlog).await;
+
+    // Stopped once it has applied something, with more of the backlog delivered to it.
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let projector = Projector::new(pool.clone(), client.clone(), env.namespace.clone(), 1);
+    let running = tokio::spawn(projector.run(shutdown.clone()));
+    tillstream_testkit::eventually(Duration::from_secs(30), "a first batch", || async {
+        (applied_events(&pool).await > 0).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.num_ack_pending,
+        0,
+        "deliveries left unacknowledged: {} delivered, {} applied",
+        info.delivered.stream_sequence,
+        applied_events(&pool).await
+    );
+
+    // The next projector takes up the rest at once, not after the ack wait.
+    let shutdown = tillstream_runtime::Shutdown::new();
+    let projector = Projector::new(pool.clone(), client, env.namespace.clone(), 1);
+    let running = tokio::spawn(projector.run(shutdown.clone()));
+    tillstream_testkit::eventually(Duration::from_secs(60), "the whole backlog", || async {
+        (applied_events(&pool).await == 2000).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap();
+    env.cleanup().await;
+}
