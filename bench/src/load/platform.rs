@@ -107,6 +107,31 @@ impl RunningPlatform {
         outcome
     }
 
+    /// Open TCP connections to the gateway and the two gRPC services (from
+    /// `/proc/net/tcp` and `tcp6`): the clients the platform is serving, busy or idle.
+    pub fn client_connections(&self) -> usize {
+        let ports = [self.gateway, self.user_grpc, self.order_grpc].map(|a| a.port());
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .map(|table| established_to(&table, &ports))
+            .sum()
+    }
+
+    /// Waits until the platform's clients have closed their connections (those of a
+    /// dropped [`super::scenarios::Target`] close at once), for at most `limit`: the
+    /// connections still open then.
+    pub async fn clients_gone(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let open = self.client_connections();
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The end of the platform's log, to explain errors.
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
@@ -122,6 +147,22 @@ impl RunningPlatform {
         self.process.kill();
         self.env.cleanup().await;
     }
+}
+
+/// Established connections of a `/proc/net/tcp` table whose local port is one of `ports`.
+fn established_to(table: &str, ports: &[u16]) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|port| u16::from_str_radix(port, 16).ok());
+            fields.get(3) == Some(&"01") && local_port.is_some_and(|port| ports.contains(&port))
+        })
+        .count()
 }
 
 /// `VmRSS` of a process, in MiB.
@@ -179,4 +220,26 @@ fn free_port_run(n: u16) -> Option<u16> {
         let all_free = (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         all_free.then_some(base)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::established_to;
+
+    #[test]
+    fn connections_are_counted_by_local_port_and_state() {
+        // 127.0.0.1:8080 listening (0A), two clients connected to it (01) whose own sides
+        // (local port 50000, 50001) are not counted, and one closing (06).
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000
+   2: 0100007F:C350 0100007F:1F90 01 00000000:00000000 00:00000000 00000000
+   3: 0100007F:1F90 0100007F:C351 01 00000000:00000000 00:00000000 00000000
+   4: 0100007F:C351 0100007F:1F90 01 00000000:00000000 00:00000000 00000000
+   5: 0100007F:1F90 0100007F:C352 06 00000000:00000000 00:00000000 00000000
+";
+        assert_eq!(established_to(table, &[8080]), 2);
+        assert_eq!(established_to(table, &[8080, 50000]), 3);
+        assert_eq!(established_to(table, &[9090]), 0);
+    }
 }
