@@ -71,7 +71,7 @@ enum Command {
     /// went through them, against the per-service target.
     IdleRss(idle_rss::IdleRssArgs),
     /// Starts a fresh `tillstream up` (rate limit off) for an outside load tool such as
-    /// Locust, prints its addresses, and removes its databases and streams on Ctrl-C.
+    /// Locust, prints its addresses, and removes its databases and streams on Ctrl-C or SIGTERM.
     Serve,
 }
 

@@ -151,17 +151,20 @@ pub async fn run_visibility(args: VisibilityArgs) -> anyhow::Result<serde_json::
     result
 }
 
-/// `tillstream-bench serve`: a fresh platform until Ctrl-C, then cleaned away.
+/// `tillstream-bench serve`: a fresh platform until Ctrl-C or SIGTERM, then cleaned away.
 pub async fn serve() -> anyhow::Result<()> {
+    // Watched before the platform starts, so a SIGTERM during the start is not the
+    // default action (this process gone, the platform and its databases left behind).
+    let stop = tillstream_runtime::shutdown::on_signal();
     let platform = RunningPlatform::start().await?;
     println!("gateway   http://{}", platform.gateway);
     println!(
         "gRPC      users {}   orders {}",
         platform.user_grpc, platform.order_grpc
     );
-    println!("Ctrl-C stops it and removes its databases and streams");
-    let stopped = tokio::signal::ctrl_c().await;
+    println!("Ctrl-C (or SIGTERM) stops it and removes its databases and streams");
+    stop.cancelled().await;
     println!("memory    {:?} MiB", platform.rss_mib());
     platform.stop().await;
-    Ok(stopped?)
+    Ok(())
 }
