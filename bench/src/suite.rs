@@ -144,28 +144,39 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<Value> {
     // connections still open (its HTTP pool keeps up to `connections` of them idle), then,
     // as `load` measures it, with its clients gone.
     tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
-    let (connected_mib, connected) = (platform.rss_mib(), platform.client_connections());
+    let (connected_mib, connections) = (platform.rss_mib(), platform.client_connections());
     drop(target);
     let left_open = platform.clients_gone(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
-    let rss_after = platform.rss_mib();
+    let after_load = AfterLoad {
+        connected_mib,
+        connections,
+        left_open,
+        idle_mib: platform.rss_mib(),
+    };
     platform.stop().await;
     if let Some(error) = failure {
         return Err(error);
     }
-    let mut summary = summarize(&args, &rounds, memory, rss_after);
-    summary["memory_mib"]["all_in_one"]["idle_after_load_clients_connected"] = json!({
-        "mib": connected_mib,
-        "client_connections": connected,
-    });
-    summary["memory_mib"]["all_in_one"]["client_connections_left_open"] = json!(left_open);
-    Ok(summary)
+    Ok(summarize(&args, &rounds, memory, &after_load))
 }
 
 /// Seconds the platform is left without load before its memory is read.
 const IDLE_SECS: u64 = 5;
 
-fn summarize(args: &SuiteArgs, rounds: &[Round], memory: Value, rss_after: Option<f64>) -> Value {
+/// The platform's memory after the load: with the load generator's connections open, and
+/// once its clients are gone (the figure judged).
+struct AfterLoad {
+    connected_mib: Option<f64>,
+    connections: usize,
+    /// Client connections still open when the second reading was taken (0 unless the
+    /// platform kept some past the 10 s waited for them).
+    left_open: usize,
+    idle_mib: Option<f64>,
+}
+
+fn summarize(args: &SuiteArgs, rounds: &[Round], memory: Value, after_load: &AfterLoad) -> Value {
+    let rss_after = after_load.idle_mib;
     let med = |f: &dyn Fn(&Round) -> f64| {
         let mut v: Vec<f64> = rounds.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
@@ -289,6 +300,11 @@ fn summarize(args: &SuiteArgs, rounds: &[Round], memory: Value, rss_after: Optio
                 "idle_after_start": idle_rss,
                 "after_seed": memory["after_seed_mib"],
                 "idle_after_load": rss_after,
+                "idle_after_load_clients_connected": {
+                    "mib": after_load.connected_mib,
+                    "client_connections": after_load.connections,
+                },
+                "client_connections_left_open": after_load.left_open,
             },
             "per_service": "not measured by the suite (the split binaries are not started)",
         },
