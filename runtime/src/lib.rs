@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod gate;
 pub mod grpc;
 pub mod grpc_host;
+pub mod http_server;
 pub mod nats;
 pub mod ops;
 pub mod postgres;

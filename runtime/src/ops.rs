@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::Shutdown;
+use crate::{Shutdown, http_server};
 
 /// Something a process needs before it can serve: a database, a NATS connection.
 pub trait ReadinessCheck: Send + Sync + 'static {
@@ -178,19 +178,24 @@ pub fn without_delay(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStr
     listener.tap_io(set_nodelay as fn(&mut TcpStream))
 }
 
-fn set_nodelay(connection: &mut TcpStream) {
+pub(crate) fn set_nodelay(connection: &mut TcpStream) {
     if let Err(error) = connection.set_nodelay(true) {
         tracing::debug!(%error, "TCP_NODELAY not set on a connection");
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, finishing in-flight requests.
+/// Serves `router` on `listener` until `shutdown` fires, finishing in-flight requests;
+/// connections that send no request for [`http_server::DEFAULT_IDLE_TIMEOUT`] are closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    http_server::serve(
+        listener,
+        router,
+        shutdown,
+        Some(http_server::DEFAULT_IDLE_TIMEOUT),
+    )
+    .await
 }

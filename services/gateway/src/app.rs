@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use tillstream_projections::ReadModelWatch;
 use tillstream_projections::queries::Reads;
 use tillstream_runtime::grpc_host::{self, HostError};
+use tillstream_runtime::http_server;
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
 use tillstream_runtime::{Shutdown, StartError};
@@ -43,6 +44,7 @@ pub struct App {
     router: Router,
     publisher: Publisher,
     rate_limit: RateLimit,
+    idle_timeout: Option<std::time::Duration>,
 }
 
 /// The gateway's HTTP routes: GraphQL, GraphiQL, the REST mirror with its OpenAPI
@@ -213,6 +215,7 @@ impl App {
                 &config.limits,
             ),
             rate_limit,
+            idle_timeout: config.limits.idle_timeout(),
         })
     }
 
@@ -233,14 +236,9 @@ impl App {
         );
         tokio::spawn(self.rate_limit.housekeeping(shutdown.clone()));
         self.watch.spawn_listener(&self.reads, shutdown.clone());
-        // With the peer address, for the rate limit of anonymous callers.
-        let served = axum::serve(
-            ops::without_delay(self.listener),
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+        // Requests carry the peer address, for the rate limit of anonymous callers.
+        let served =
+            http_server::serve(self.listener, self.router, shutdown, self.idle_timeout).await;
         // The router (and with it every metrics sender) is gone: the publisher drains.
         let _ = publisher.await;
         served.map_err(HostError::Ops)

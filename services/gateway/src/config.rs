@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use tillstream_runtime::http_server::DEFAULT_IDLE_TIMEOUT;
 use tillstream_runtime::nats::NatsConfig;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -102,6 +103,15 @@ pub struct Limits {
         default_value_t = 256 * 1024
     )]
     pub max_body_bytes: usize,
+    /// Seconds a connection may go without sending a complete request head, after it
+    /// opens and after each response, before it is closed (idle keep-alive connections,
+    /// silent or slow clients); 0 keeps them open. HTTP/2 connections are not timed.
+    #[arg(
+        long = "idle-timeout-secs",
+        env = "TILLSTREAM_GATEWAY_IDLE_TIMEOUT_SECS",
+        default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs()
+    )]
+    pub idle_timeout_secs: u64,
     /// Deepest GraphQL query accepted.
     #[arg(
         long = "graphql-max-depth",
@@ -136,6 +146,13 @@ pub struct Limits {
     pub graphiql: bool,
 }
 
+impl Limits {
+    /// The idle timeout of HTTP connections; `None` when turned off (0).
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        (self.idle_timeout_secs > 0).then(|| std::time::Duration::from_secs(self.idle_timeout_secs))
+    }
+}
+
 impl Default for Limits {
     /// The same values as the command-line defaults.
     fn default() -> Self {
@@ -143,6 +160,7 @@ impl Default for Limits {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             max_body_bytes: 256 * 1024,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT.as_secs(),
             graphql_max_depth: 12,
             graphql_max_complexity: 2000,
             graphql_introspection: true,

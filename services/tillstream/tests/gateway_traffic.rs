@@ -1,6 +1,6 @@
 //! The gateway's traffic controls and telemetry against the in-process platform: request
-//! metrics on the METRICS stream and in Prometheus, rate limits, request limits, and the
-//! predictor's answer to that traffic as `loadForecast`.
+//! metrics on the METRICS stream and in Prometheus, rate limits, request limits, the idle
+//! timeout of connections, and the predictor's answer to that traffic as `loadForecast`.
 
 mod support;
 
@@ -9,6 +9,8 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 use support::{DEADLINE, TestPlatform, forecast};
 use tillstream_events::{RequestMetric, ScalingDecision, ScalingDirection};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 async fn graphql(http: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> Value {
     let mut request = http.post(url).json(&body);
@@ -156,6 +158,34 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_go_on() {
         (ask(&ann).await.unwrap().status() == 200).then_some(())
     })
     .await;
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_closes_connections_that_stay_idle_past_its_idle_timeout() {
+    let platform =
+        TestPlatform::start_with(|config| config.gateway_limits.idle_timeout_secs = 1).await;
+    let addr = platform.addrs.gateway_http;
+    let mut kept_alive = TcpStream::connect(addr).await.unwrap();
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // Each is read to its end, which comes only when the gateway closes it.
+    let mut answered = Vec::new();
+    tokio::time::timeout(DEADLINE, kept_alive.read_to_end(&mut answered))
+        .await
+        .expect("the kept-alive connection closed by the gateway")
+        .unwrap();
+    let answered = String::from_utf8_lossy(&answered);
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    let mut nothing = Vec::new();
+    tokio::time::timeout(DEADLINE, silent.read_to_end(&mut nothing))
+        .await
+        .expect("the silent connection closed by the gateway")
+        .unwrap();
+    assert!(nothing.is_empty());
     platform.stop().await;
 }
 
