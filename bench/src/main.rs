@@ -72,7 +72,7 @@ enum Command {
     IdleRss(idle_rss::IdleRssArgs),
     /// Starts a fresh `tillstream up` (rate limit off) for an outside load tool such as
     /// Locust, prints its addresses, and removes its databases and streams on Ctrl-C or SIGTERM.
-    Serve,
+    Serve(load::ServeArgs),
 }
 
 #[tokio::main]
@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Suite(args) => ("suite", suite::run(args).await?),
         Command::Trace(args) => ("trace", trace::run(args, &cli.out).await?),
         Command::IdleRss(args) => ("idle-rss", idle_rss::run(args).await?),
-        Command::Serve => return load::serve().await,
+        Command::Serve(args) => return load::serve(args).await,
     };
     let document = serde_json::json!({
         "benchmark": name,

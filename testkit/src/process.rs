@@ -196,6 +196,12 @@ impl ChildProcess {
         self
     }
 
+    /// Arguments after those already given, each as [`Self::arg`] adds one.
+    pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.push((key.to_owned(), value.into()));
         self

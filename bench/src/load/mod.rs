@@ -152,11 +152,18 @@ pub async fn run_visibility(args: VisibilityArgs) -> anyhow::Result<serde_json::
 }
 
 /// `tillstream-bench serve`: a fresh platform until Ctrl-C or SIGTERM, then cleaned away.
-pub async fn serve() -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Flags added to `tillstream up`'s, after `--` (for example `-- --idle-timeout-secs 10`).
+    #[arg(last = true)]
+    pub up: Vec<String>,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Watched before the platform starts, so a SIGTERM during the start is not the
     // default action (this process gone, the platform and its databases left behind).
     let stop = tillstream_runtime::shutdown::on_signal();
-    let platform = RunningPlatform::start().await?;
+    let platform = RunningPlatform::start_with(&args.up).await?;
     println!("gateway   http://{}", platform.gateway);
     println!(
         "gRPC      users {}   orders {}",

@@ -35,6 +35,11 @@ impl RunningPlatform {
     /// waits until the gateway is ready. The gateway's per-client rate limit is off: the
     /// virtual users share a few customers' tokens.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`RunningPlatform::start`], with `extra` flags after the bench's own.
+    pub async fn start_with(extra: &[String]) -> anyhow::Result<Self> {
         let env = TestEnv::new();
         for db in ["users", "orders", "reads"] {
             env.database_url(db); // registered for cleanup; the platform creates them
@@ -55,6 +60,7 @@ impl RunningPlatform {
             .arg(format!("--ops-base-port={ops_base}"))
             .arg("--rate-limit-per-second=0")
             .arg(format!("--admin-email={ADMIN_EMAIL}"))
+            .args(extra.iter().cloned())
             .env("TILLSTREAM_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .envs(allocator_env())
             .ready_url(format!("http://{gateway}/readyz"));
