@@ -19,7 +19,8 @@ pub async fn hello_world(shape: Shape) -> anyhow::Result<Measured> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/", listener.local_addr()?);
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" }));
-    // Connections without delay, as the gateway's.
+    // Stock `axum::serve`, with connections without delay as the gateway's (whose own
+    // serve loop, `runtime::http_server`, adds only an idle timer: Fix 22 measured no cost).
     let listener = tillstream_runtime::ops::without_delay(listener);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let http = crate::load::scenarios::Target::http_client(shape.users)?;

@@ -8,10 +8,13 @@
 //! many a client leaves behind. Here a connection must send a complete request head
 //! within `idle_timeout` of opening and of each response; otherwise it is closed.
 //!
-//! Accepting, `TCP_NODELAY`, the peer address for [`ConnectInfo`], upgrades (GraphQL
-//! subscriptions over WebSocket) and graceful shutdown are as with `axum::serve`.
+//! Accepting, the peer address for [`ConnectInfo`], upgrades (GraphQL subscriptions over
+//! WebSocket) and graceful shutdown are as with `axum::serve`, and every connection sends
+//! without delay (`TCP_NODELAY`, docs/performance.md Fix 16), which `axum::serve` leaves.
 
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,7 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
 use crate::Shutdown;
@@ -34,12 +38,18 @@ use crate::Shutdown;
 /// behind them does; nginx's `keepalive_timeout` is 75 s too.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// How long a shutdown waits for requests in flight (and for connections still sending a
+/// request head, or not reading their answer) before it stops waiting for them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `router` on `listener` until `shutdown` fires; then stops accepting, lets every
-/// request in flight finish and closes each connection as it goes idle.
+/// request in flight finish (for [`SHUTDOWN_GRACE`] at most) and closes each connection as
+/// it goes idle.
 ///
 /// A connection that sends no complete request head within `idle_timeout` of opening or
-/// of its last response is closed (`None`: never). HTTP/2 connections are kept while the
-/// peer is there, as before: hyper has no idle timeout for them.
+/// of its last response is closed (`None`: never). An HTTP/2 connection must send its first
+/// request in time; after that it is kept while the peer is there, as before: hyper has no
+/// idle timeout for HTTP/2.
 pub async fn serve(
     mut listener: TcpListener,
     router: Router,
@@ -58,89 +68,74 @@ pub async fn serve(
         .enable_connect_protocol();
     let connections = GracefulShutdown::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             // axum's accept retries the errors of one connection and backs off on the rest
             // (out of file descriptors), as axum::serve does.
             accepted = Listener::accept(&mut listener) => accepted,
         };
-        let service = TowerToHyperService::new(router.clone().map_request(
+        crate::ops::set_nodelay(&mut stream);
+        // Told of each request, so a connection that sends none is closed at the timeout.
+        let asked = Arc::new(Notify::new());
+        let service = TowerToHyperService::new(router.clone().map_request({
+            let asked = asked.clone();
             move |mut request: Request<Incoming>| {
+                asked.notify_one();
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request.map(Body::new)
-            },
-        ));
+            }
+        }));
         let builder = builder.clone();
         let watcher = connections.watcher();
-        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let Some(stream) = opened(stream, peer, idle_timeout, &shutdown).await else {
-                return;
-            };
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let mut connection = pin!(watcher.watch(connection));
+            if let Some(limit) = idle_timeout {
+                // Until the first request: hyper's timer starts only once it has told
+                // HTTP/1.1 from HTTP/2 by the first bytes, which it waits for untimed.
+                tokio::select! {
+                    ended = &mut connection => return ended_with(ended, peer),
+                    () = asked.notified() => {}
+                    () = tokio::time::sleep(limit) => {
+                        tracing::debug!(%peer, "HTTP connection closed: no request within the idle timeout");
+                        return;
+                    }
+                }
             }
+            ended_with(connection.await, peer);
         });
     }
     drop(listener);
-    tracing::debug!(
-        open = connections.count(),
-        "finishing open HTTP connections"
-    );
-    connections.shutdown().await;
+    let open = connections.count();
+    tracing::debug!(open, "finishing open HTTP connections");
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "HTTP connections still open after the shutdown grace period are dropped"
+        );
+    }
     Ok(())
 }
 
-/// `stream` once it has something to read (a first byte, or its end), with `TCP_NODELAY`
-/// set; `None` when `idle_timeout` passes or `shutdown` fires first. hyper reads the first
-/// bytes to tell HTTP/1.1 from HTTP/2 with no timeout of its own; its header-read timeout
-/// starts after.
-async fn opened(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    idle_timeout: Option<Duration>,
-    shutdown: &Shutdown,
-) -> Option<TcpStream> {
-    crate::ops::set_nodelay(&mut stream);
-    if let Some(limit) = idle_timeout {
-        // `peek` waits for a byte (or the end) and leaves it for hyper; `readable` can
-        // report a fresh socket ready with nothing in it.
-        let mut byte = [0u8; 1];
-        let first_byte = tokio::select! {
-            waited = tokio::time::timeout(limit, stream.peek(&mut byte)) => waited,
-            // Nothing asked yet: nothing to finish.
-            () = shutdown.cancelled() => return None,
-        };
-        match first_byte {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "HTTP connection failed before its first request");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "HTTP connection closed: no request within the idle timeout");
-                return None;
-            }
-        }
+fn ended_with(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>, peer: SocketAddr) {
+    if let Err(error) = ended {
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
     }
-    Some(stream)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::routing::get;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use tokio::sync::Notify;
+    use tokio::net::TcpStream;
 
     use super::*;
 
-    const IDLE: Duration = Duration::from_millis(300);
+    const IDLE: Duration = Duration::from_secs(1);
     /// Far longer than `IDLE`: what a test waits for at most before it fails.
     const DEADLINE: Duration = Duration::from_secs(10);
     const REQUEST: &[u8] = b"GET /peer HTTP/1.1\r\nhost: test\r\n\r\n";
@@ -235,15 +230,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_that_sends_nothing_or_half_a_request_is_closed() {
+    async fn a_connection_that_sends_nothing_or_half_a_request_or_preface_is_closed() {
         let server = server(Some(IDLE)).await;
         let mut silent = TcpStream::connect(server.addr).await.unwrap();
         let mut half = TcpStream::connect(server.addr).await.unwrap();
         half.write_all(b"GET /peer HTTP/1.1\r\nhost: te")
             .await
             .unwrap();
+        // The start of HTTP/2's preface, which hyper reads untimed to pick the protocol.
+        let mut preface = TcpStream::connect(server.addr).await.unwrap();
+        preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
         assert!(closed_by_server(&mut silent).await, "silent connection");
         assert!(closed_by_server(&mut half).await, "half a request head");
+        assert!(
+            closed_by_server(&mut preface).await,
+            "half the HTTP/2 preface"
+        );
     }
 
     #[tokio::test]
@@ -271,8 +273,8 @@ mod tests {
         client.write_all(REQUEST).await.unwrap();
         response(&mut client).await;
         let mut chunk = [0u8; 1];
-        // Ten idle timeouts of the other tests: still open, and still served.
-        let waited = tokio::time::timeout(IDLE * 10, client.read(&mut chunk)).await;
+        // Three idle timeouts of the other tests: still open, and still served.
+        let waited = tokio::time::timeout(IDLE * 3, client.read(&mut chunk)).await;
         assert!(waited.is_err(), "closed: {waited:?}");
         client.write_all(REQUEST).await.unwrap();
         assert!(response(&mut client).await.starts_with("HTTP/1.1 200"));

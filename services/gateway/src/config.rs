@@ -105,11 +105,13 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Seconds a connection may go without sending a complete request head, after it
     /// opens and after each response, before it is closed (idle keep-alive connections,
-    /// silent or slow clients); 0 keeps them open. HTTP/2 connections are not timed.
+    /// silent clients, request heads sent slowly; requests in flight are not cut); 0 keeps
+    /// them open, at most 86400. HTTP/2 connections are timed until their first request.
     #[arg(
         long = "idle-timeout-secs",
         env = "TILLSTREAM_GATEWAY_IDLE_TIMEOUT_SECS",
-        default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs()
+        default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
     )]
     pub idle_timeout_secs: u64,
     /// Deepest GraphQL query accepted.
