@@ -115,7 +115,7 @@ pub async fn serve(
     {
         tracing::warn!(
             grace_secs = SHUTDOWN_GRACE.as_secs(),
-            "HTTP connections still open after the shutdown grace period are dropped"
+            "stopped waiting for the HTTP connections still open after the shutdown grace period"
         );
     }
     Ok(())
