@@ -12,7 +12,8 @@
 //!   they leave the resident set.
 //! - Transparent huge pages are off unless the environment asks for them ([`huge_pages`]).
 //! - mimalloc hands pages it frees back to the system after 1 ms, not after its default
-//!   1 s, which an idle process may never reach ([`purge`]).
+//!   1 s, which an idle process may never reach, and a task runs the purges that have come
+//!   due once a second, since mimalloc purges only when it is called ([`purge`]).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ const COLLECT_EVERY: Duration = Duration::from_secs(1);
 
 /// A multi-thread runtime with every driver enabled, whose workers return freed memory
 /// when they go idle, in a process with transparent huge pages off ([`huge_pages`]) whose
-/// allocator purges freed pages soon ([`purge`]).
+/// allocator purges freed pages soon, also when the process idles ([`purge`]).
 pub fn multi_thread() -> std::io::Result<tokio::runtime::Runtime> {
     huge_pages::turn_off();
     purge::soon();
@@ -66,13 +67,12 @@ fn collect_freed_memory() {
 /// page faults a second more than the default, no delay ~1 230 and ~3 060: 1 ms keeps most
 /// of the memory for a fifth of those calls.
 ///
-/// The delay alone did not close the gap. mimalloc purges only when some thread calls it
+/// The delay alone does not close the gap. mimalloc purges only when some thread calls it
 /// after the delay has passed, and a worker's collection as it parks comes right after its
-/// last frees, inside the delay. So pages freed in a process's last moments of work stayed
-/// resident for as long as it then idled: closing the load generator's connections after
-/// the suite gave back nothing in two suites of four, 76.8 and 124.2 MiB kept
-/// (docs/performance.md, Fix 23). [`when_due`] runs mimalloc's purge once a second, which
-/// also purges pages of other threads' heaps freed across threads.
+/// last frees, inside the delay. So pages freed in a process's last moments of work could
+/// stay resident for as long as it then idled: 64 MiB freed that way stayed, in an
+/// experiment and in the test below (docs/performance.md, Fix 23). [`when_due`] runs
+/// mimalloc's due purges once a second, which also reach pages of other threads' heaps.
 ///
 /// A process that finds `MIMALLOC_PURGE_DELAY` (or its older name `MIMALLOC_RESET_DELAY`)
 /// set keeps mimalloc's reading of it.
