@@ -47,10 +47,16 @@ fn collect_freed_memory() {
             return;
         }
         collected.set(Some(now));
-        // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any
-        // time; without mimalloc as the global allocator it collects an empty heap.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        collect();
     });
+}
+
+/// mimalloc's collection from this thread: its heap's freed pages, and the purges that have
+/// come due in the whole process.
+fn collect() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any
+    // time; without mimalloc as the global allocator it collects an empty heap.
+    unsafe { libmimalloc_sys::mi_collect(false) };
 }
 
 /// Freed memory handed back to the system after 1 ms, unless the environment sets the delay.
@@ -89,9 +95,9 @@ pub mod purge {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            // SAFETY: as in `collect_freed_memory`. A thread whose mimalloc heap was never
-            // used collects nothing; the workers of a service allocate with it.
-            unsafe { libmimalloc_sys::mi_collect(false) };
+            // A thread whose mimalloc heap was never used collects nothing; the workers of a
+            // service allocate with it.
+            super::collect();
         }
     }
 
@@ -133,16 +139,25 @@ pub mod purge {
 
     #[cfg(all(test, target_os = "linux"))]
     mod tests {
-        use std::sync::Mutex;
-        use std::time::{Duration, Instant};
-
         use std::os::raw::c_long;
+        use std::sync::{Mutex, MutexGuard};
+        use std::time::{Duration, Instant};
 
         use super::{delay, set_delay, when_due};
 
         /// The tests here set the process's purge delay and measure its resident memory:
         /// one at a time.
         static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+        /// The turn of a test that measures purges, or `None` when nothing can be measured:
+        /// `MIMALLOC_PURGE_DECOMMITS=0` purges with `MADV_FREE`, which leaves pages resident.
+        fn measuring_turn() -> Option<MutexGuard<'static, ()>> {
+            if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
+                eprintln!("MIMALLOC_PURGE_DECOMMITS is set: not measured");
+                return None;
+            }
+            Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+        }
 
         /// Resident memory of this process, in KiB.
         fn resident_kib() -> i64 {
@@ -188,11 +203,9 @@ pub mod purge {
         /// which does not, and the test then has nothing to measure.
         #[test]
         fn the_option_set_is_mimallocs_purge_delay() {
-            if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
-                eprintln!("MIMALLOC_PURGE_DECOMMITS is set: not measured");
+            let Some(_turn) = measuring_turn() else {
                 return;
-            }
-            let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+            };
             let before = delay();
             let never = shrinks_by_kib(-1);
             let at_once = shrinks_by_kib(0);
@@ -216,11 +229,9 @@ pub mod purge {
         /// resident while nothing calls mimalloc, and `when_due` hands it back.
         #[test]
         fn pages_freed_just_before_an_idle_spell_are_purged_during_it() {
-            if std::env::var_os("MIMALLOC_PURGE_DECOMMITS").is_some() {
-                eprintln!("MIMALLOC_PURGE_DECOMMITS is set: not measured");
+            let Some(_turn) = measuring_turn() else {
                 return;
-            }
-            let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+            };
             let before = delay();
             // Longer than freeing takes, even in a debug build: the collection right after
             // the frees finds nothing due, as a worker's does with 1 ms in a release build.
