@@ -9,6 +9,7 @@ use tower::layer::util::{Identity, Stack};
 use tower::util::MapResponseLayer;
 
 use crate::Shutdown;
+use crate::keepalive::Http2Keepalive;
 use crate::ops::{self, Readiness};
 
 /// The router of a command service, with [`oversized_is_resource_exhausted`] applied
@@ -106,11 +107,21 @@ impl GrpcHost {
     /// A server builder with the host's limits, serving `grpc.health.v1` for `service_name`
     /// and gRPC reflection (v1) of `descriptors`, so grpcurl and similar tools need no
     /// local copy of the protos.
-    /// With `tls`, the server speaks only TLS.
+    /// With `tls`, the server speaks only TLS. Clients that stop answering pings are
+    /// dropped ([`Http2Keepalive::SERVER`]).
     pub async fn router(
         service_name: &str,
         descriptors: &'static [u8],
         tls: Option<&crate::tls::ServerTls>,
+    ) -> Result<GrpcRouter, HostError> {
+        Self::router_with(service_name, descriptors, tls, Http2Keepalive::SERVER).await
+    }
+
+    async fn router_with(
+        service_name: &str,
+        descriptors: &'static [u8],
+        tls: Option<&crate::tls::ServerTls>,
+        keepalive: Http2Keepalive,
     ) -> Result<GrpcRouter, HostError> {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(descriptors)
@@ -128,6 +139,8 @@ impl GrpcHost {
             .await;
         let mut server = tonic::transport::Server::builder()
             .timeout(REQUEST_TIMEOUT)
+            .http2_keepalive_interval(Some(keepalive.interval))
+            .http2_keepalive_timeout(Some(keepalive.timeout))
             .trace_fn(crate::grpc::request_span);
         if let Some(tls) = tls {
             server = server.tls_config(tls.config()?)?;
@@ -152,5 +165,52 @@ impl GrpcHost {
         let (grpc_result, ops_result) = tokio::join!(grpc_server, ops_server);
         grpc_result?;
         ops_result.map_err(HostError::Ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h2_peer::{self, Peer};
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A command service's gRPC listener with the tests' short pings; the ops listener is
+    /// not served.
+    async fn grpc_server() -> (SocketAddr, Shutdown) {
+        let host = GrpcHost::bind(([127, 0, 0, 1], 0).into(), ([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
+        let addr = host.grpc_addr();
+        let router = GrpcHost::router_with(
+            "test",
+            // An empty FileDescriptorSet: reflection serves no service.
+            &[],
+            None,
+            h2_peer::KEEPALIVE,
+        )
+        .await
+        .unwrap();
+        let shutdown = Shutdown::new();
+        tokio::spawn(crate::grpc::serve(router, host.grpc, shutdown.clone()));
+        (addr, shutdown)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_answering_pings_is_dropped() {
+        let (addr, _shutdown) = grpc_server().await;
+        let mut client = Peer::client(addr).await;
+        let unanswered = client.ignore_until_closed(DEADLINE).await;
+        assert!(
+            unanswered.is_some_and(|pings| pings >= 1),
+            "closed after unanswered pings: {unanswered:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_answers_pings_is_kept() {
+        let (addr, _shutdown) = grpc_server().await;
+        let mut client = Peer::client(addr).await;
+        client.answer_pings(5, DEADLINE).await;
     }
 }

@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
 use crate::Shutdown;
+use crate::keepalive::Http2Keepalive;
 
 /// How long a connection may go without sending a complete request head (after it opens,
 /// and after each response) when nothing else is configured. Longer than the 60 s idle
@@ -48,13 +49,14 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 ///
 /// A connection that sends no complete request head within `idle_timeout` of opening or
 /// of its last response is closed (`None`: never). An HTTP/2 connection must send its first
-/// request in time; after that it is kept while the peer is there, as before: hyper has no
-/// idle timeout for HTTP/2.
+/// request in time; after that it is kept while the peer answers the `keepalive` pings
+/// (hyper has no idle timeout for HTTP/2).
 pub async fn serve(
     mut listener: TcpListener,
     router: Router,
     shutdown: Shutdown,
     idle_timeout: Option<Duration>,
+    keepalive: Http2Keepalive,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -65,6 +67,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(keepalive.interval)
+        .keep_alive_timeout(keepalive.timeout)
         .enable_connect_protocol();
     let connections = GracefulShutdown::new();
     loop {
@@ -134,6 +138,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
+    use crate::h2_peer::{self, Peer};
 
     const IDLE: Duration = Duration::from_secs(1);
     /// Far longer than `IDLE`: what a test waits for at most before it fails.
@@ -171,7 +176,13 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let served = tokio::spawn(serve(listener, router, shutdown.clone(), idle_timeout));
+        let served = tokio::spawn(serve(
+            listener,
+            router,
+            shutdown.clone(),
+            idle_timeout,
+            h2_peer::KEEPALIVE,
+        ));
         Server {
             addr,
             shutdown,
@@ -315,5 +326,25 @@ mod tests {
             .expect("serve returns once the connection is done")
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_http2_peer_that_stops_answering_pings_is_closed() {
+        // No idle timeout: only the pings can close it.
+        let server = server(None).await;
+        let mut peer = Peer::client(server.addr).await;
+        let unanswered = peer.ignore_until_closed(DEADLINE).await;
+        assert!(
+            unanswered.is_some_and(|pings| pings >= 1),
+            "closed after unanswered pings: {unanswered:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_http2_peer_that_answers_pings_is_kept() {
+        let server = server(None).await;
+        let mut peer = Peer::client(server.addr).await;
+        // Open far past interval + timeout.
+        peer.answer_pings(5, DEADLINE).await;
     }
 }

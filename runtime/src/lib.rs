@@ -13,7 +13,10 @@ pub mod failpoint;
 pub mod gate;
 pub mod grpc;
 pub mod grpc_host;
+#[cfg(test)]
+mod h2_peer;
 pub mod http_server;
+pub mod keepalive;
 pub mod nats;
 pub mod ops;
 pub mod postgres;

@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::keepalive::Http2Keepalive;
 use crate::{Shutdown, http_server};
 
 /// Something a process needs before it can serve: a database, a NATS connection.
@@ -185,7 +186,8 @@ pub(crate) fn set_nodelay(connection: &mut TcpStream) {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, finishing in-flight requests;
-/// connections that send no request for [`http_server::DEFAULT_IDLE_TIMEOUT`] are closed.
+/// connections that send no request for [`http_server::DEFAULT_IDLE_TIMEOUT`] are closed,
+/// and HTTP/2 peers that stop answering pings too ([`Http2Keepalive::SERVER`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -196,6 +198,7 @@ pub async fn serve(
         router,
         shutdown,
         Some(http_server::DEFAULT_IDLE_TIMEOUT),
+        Http2Keepalive::SERVER,
     )
     .await
 }

@@ -17,6 +17,7 @@ use tillstream_projections::ReadModelWatch;
 use tillstream_projections::queries::Reads;
 use tillstream_runtime::grpc_host::{self, HostError};
 use tillstream_runtime::http_server;
+use tillstream_runtime::keepalive::Http2Keepalive;
 use tillstream_runtime::ops::{self, Readiness};
 use tillstream_runtime::tokens::{KeyPaths, TokenVerifier};
 use tillstream_runtime::{Shutdown, StartError};
@@ -237,8 +238,14 @@ impl App {
         tokio::spawn(self.rate_limit.housekeeping(shutdown.clone()));
         self.watch.spawn_listener(&self.reads, shutdown.clone());
         // Requests carry the peer address, for the rate limit of anonymous callers.
-        let served =
-            http_server::serve(self.listener, self.router, shutdown, self.idle_timeout).await;
+        let served = http_server::serve(
+            self.listener,
+            self.router,
+            shutdown,
+            self.idle_timeout,
+            Http2Keepalive::SERVER,
+        )
+        .await;
         // The router (and with it every metrics sender) is gone: the publisher drains.
         let _ = publisher.await;
         served.map_err(HostError::Ops)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tillstream_proto::order::v1::order_service_client::OrderServiceClient;
 use tillstream_proto::user::v1::user_service_client::UserServiceClient;
+use tillstream_runtime::keepalive::Http2Keepalive;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Deadline of one forwarded command.
@@ -63,10 +64,11 @@ impl Backends {
                 url: url.to_owned(),
                 source,
             };
-            let mut endpoint = Endpoint::from_shared(url.to_owned())
+            let endpoint = Endpoint::from_shared(url.to_owned())
                 .map_err(error)?
                 .timeout(CALL_TIMEOUT)
                 .connect_timeout(Duration::from_secs(3));
+            let mut endpoint = Http2Keepalive::CLIENT.client(endpoint);
             if let Some(tls) = &tls {
                 endpoint = endpoint.tls_config(tls.clone()).map_err(error)?;
             }

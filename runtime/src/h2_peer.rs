@@ -1,0 +1,134 @@
+//! A bare HTTP/2 peer for tests. It speaks frames, not HTTP, so it can do what no real
+//! client or server does: stay silent, or leave pings unanswered, as a peer whose host
+//! vanished would.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::keepalive::Http2Keepalive;
+
+/// Pings that the tests see within a second.
+pub(crate) const KEEPALIVE: Http2Keepalive = Http2Keepalive {
+    interval: Duration::from_millis(300),
+    timeout: Duration::from_millis(300),
+};
+
+/// What a client sends first on every HTTP/2 connection (RFC 9113, section 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
+
+pub(crate) struct Frame {
+    kind: u8,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+pub(crate) struct Peer {
+    stream: TcpStream,
+}
+
+impl Peer {
+    /// Connects to a server as a client: the preface and an empty SETTINGS frame.
+    pub(crate) async fn client(addr: std::net::SocketAddr) -> Peer {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(PREFACE).await.unwrap();
+        let mut peer = Peer { stream };
+        peer.send(SETTINGS, 0, &[]).await;
+        peer
+    }
+
+    /// Accepts one connection on `listener` as a server: reads the client's preface and
+    /// sends an empty SETTINGS frame.
+    pub(crate) async fn server(listener: &TcpListener, deadline: Duration) -> Peer {
+        let (mut stream, _) = tokio::time::timeout(deadline, listener.accept())
+            .await
+            .expect("a connection before the deadline")
+            .unwrap();
+        let mut preface = [0u8; PREFACE.len()];
+        stream.read_exact(&mut preface).await.unwrap();
+        assert_eq!(preface, PREFACE, "not an HTTP/2 client");
+        let mut peer = Peer { stream };
+        peer.send(SETTINGS, 0, &[]).await;
+        peer
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, payload: &[u8]) {
+        let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        // Length (24 bits), type, flags, stream 0 (connection frames only here).
+        let mut frame = vec![length[1], length[2], length[3], kind, flags, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame; `None` once the other side has closed the connection, `Err` when
+    /// nothing came within `wait`.
+    async fn frame(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Frame>, tokio::time::error::Elapsed> {
+        tokio::time::timeout(wait, async {
+            let mut head = [0u8; 9];
+            if self.stream.read_exact(&mut head).await.is_err() {
+                return None;
+            }
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+            let mut payload = vec![0u8; usize::try_from(length).unwrap()];
+            if self.stream.read_exact(&mut payload).await.is_err() {
+                return None;
+            }
+            Some(Frame {
+                kind: head[3],
+                flags: head[4],
+                payload,
+            })
+        })
+        .await
+    }
+
+    /// Reads frames and answers none of them. Returns the pings it left unanswered when the
+    /// other side closed the connection, or `None` if it stayed open for `deadline`.
+    pub(crate) async fn ignore_until_closed(&mut self, deadline: Duration) -> Option<usize> {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut pings = 0;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match self.frame(left).await {
+                Err(_) => return None,
+                Ok(None) => return Some(pings),
+                Ok(Some(frame)) => {
+                    pings += usize::from(frame.kind == PING && frame.flags & ACK == 0)
+                }
+            }
+        }
+    }
+
+    /// Acknowledges SETTINGS and answers pings, as any live peer does, until it has answered
+    /// `pings` of them. Panics if the connection closes first or `deadline` passes.
+    pub(crate) async fn answer_pings(&mut self, pings: usize, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut answered = 0;
+        while answered < pings {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self
+                .frame(left)
+                .await
+                .unwrap_or_else(|_| panic!("{answered} of {pings} pings before the deadline"))
+                .unwrap_or_else(|| panic!("closed after {answered} answered pings"));
+            if frame.flags & ACK != 0 {
+                continue;
+            }
+            match frame.kind {
+                SETTINGS => self.send(SETTINGS, ACK, &[]).await,
+                PING => {
+                    self.send(PING, ACK, &frame.payload).await;
+                    answered += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+}
