@@ -14,7 +14,7 @@ async fn run(cli: tillstream_projections::Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(
         &cli.telemetry,
         "tillstream-projector",
-        telemetry::SERVER_FILTER,
+        telemetry::Process::Server,
     )?;
     let app = tillstream_projections::App::build(cli.config).await?;
     tracing::info!(ops = %app.ops_addr(), "projector running");

@@ -11,7 +11,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: tillstream_relay::Cli) -> anyhow::Result<()> {
-    let _telemetry = telemetry::init(&cli.telemetry, "tillstream-relay", telemetry::SERVER_FILTER)?;
+    let _telemetry = telemetry::init(
+        &cli.telemetry,
+        "tillstream-relay",
+        telemetry::Process::Server,
+    )?;
     let app = tillstream_relay::App::build(cli.config).await?;
     tracing::info!(ops = %app.ops_addr(), "relay running");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

@@ -3,7 +3,11 @@
 //!
 //! - Logs: `RUST_LOG` filters (default `info`); `--log-format json` (or
 //!   `TILLSTREAM_LOG_FORMAT=json`) writes one JSON object per line, with the fields of the
-//!   spans it happened in (the request's `correlation_id`, for one).
+//!   spans it happened in (the request's `correlation_id`, for one). A server's lines go to
+//!   stdout from a thread of their own, in batches: a thread that logs only formats its line
+//!   and queues it ([`LOG_QUEUE_LINES`] at most; then it waits, and no line is dropped). A
+//!   process that is killed (not stopped) loses the lines still queued, a few milliseconds'
+//!   worth.
 //! - Traces: with `--otlp-endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) set, every span is
 //!   exported over OTLP/HTTP (protobuf) to `<endpoint>/v1/traces`, in batches from a
 //!   background thread. Unset (the default), no OpenTelemetry layer is installed: spans carry
@@ -16,6 +20,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -67,6 +73,8 @@ pub enum TelemetryError {
 #[must_use = "dropping the guard stops trace export"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Dropped after the provider, so what its shutdown logs is written too.
+    _log_writer: Option<WorkerGuard>,
 }
 
 impl Telemetry {
@@ -95,8 +103,24 @@ impl Drop for Telemetry {
     }
 }
 
+/// Log lines queued for the writer thread at most. A line is a few hundred bytes, so the
+/// queue holds a few MiB when stdout is slower than the process logs; past it, logging
+/// threads wait for stdout as they would without the queue.
+pub const LOG_QUEUE_LINES: usize = 16_384;
+
 /// The default `RUST_LOG` filter of the servers.
-pub const SERVER_FILTER: &str = "info,sqlx::postgres::notice=warn";
+const SERVER_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
+/// What kind of process logs: it sets the default filter and how lines reach stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// A server: `info` by default (sqlx's notices from `warn`). Lines are queued for a
+    /// writer thread of their own, off the threads that serve.
+    Server,
+    /// A one-off command: `warn` by default. Lines are written as they come, in order with
+    /// what the command prints.
+    Command,
+}
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static EXPORTING: AtomicBool = AtomicBool::new(false);
@@ -108,16 +132,19 @@ pub fn exporting() -> bool {
 }
 
 /// Installs logging (and trace export when configured) for the process `service`, with
-/// `default_filter` when `RUST_LOG` is unset (servers: `info`; command-line tools: `warn`).
+/// the default filter of its kind when `RUST_LOG` is unset.
 /// Only the first call installs anything; later ones (a test harness) get an inert guard.
 pub fn init(
     config: &TelemetryConfig,
     service: &str,
-    default_filter: &str,
+    process: Process,
 ) -> Result<Telemetry, TelemetryError> {
     crate::ops::prometheus();
     if INSTALLED.swap(true, Ordering::SeqCst) {
-        return Ok(Telemetry { provider: None });
+        return Ok(Telemetry {
+            provider: None,
+            _log_writer: None,
+        });
     }
     let provider = match config.otlp_endpoint.as_deref().map(str::trim) {
         Some(endpoint) if !endpoint.is_empty() => {
@@ -126,11 +153,32 @@ pub fn init(
         }
         _ => None,
     };
+    let default_filter = match process {
+        Process::Server => SERVER_FILTER,
+        Process::Command => "warn",
+    };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (writer, log_writer) = match process {
+        Process::Server => {
+            let (writer, guard) = NonBlockingBuilder::default()
+                .lossy(false)
+                .buffered_lines_limit(LOG_QUEUE_LINES)
+                .thread_name("log-writer")
+                .finish(std::io::BufWriter::with_capacity(
+                    64 * 1024,
+                    std::io::stdout(),
+                ));
+            (BoxMakeWriter::new(writer), Some(guard))
+        }
+        Process::Command => (BoxMakeWriter::new(std::io::stdout), None),
+    };
     let logs = match config.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
     };
     let traces = provider
         .as_ref()
@@ -143,7 +191,10 @@ pub fn init(
         .try_init()
         .is_ok();
     EXPORTING.store(installed && provider.is_some(), Ordering::Relaxed);
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        _log_writer: log_writer.filter(|_| installed),
+    })
 }
 
 fn tracer_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {

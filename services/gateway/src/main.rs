@@ -14,7 +14,7 @@ async fn run(cli: tillstream_gateway::Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(
         &cli.telemetry,
         "tillstream-gateway",
-        telemetry::SERVER_FILTER,
+        telemetry::Process::Server,
     )?;
     let app = tillstream_gateway::App::build(cli.config).await?;
     tracing::info!(http = %app.http_addr(), "gateway listening; GraphiQL at /graphql");

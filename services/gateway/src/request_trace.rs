@@ -9,7 +9,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use tillstream_runtime::grpc::CORRELATION_HEADER;
-use tillstream_runtime::trace_context;
+use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
 
 pub async fn trace_requests(mut request: Request, next: Next) -> Response {
@@ -27,19 +27,25 @@ pub async fn trace_requests(mut request: Request, next: Next) -> Response {
             .headers_mut()
             .insert(CORRELATION_HEADER, value.clone());
     }
-    let route = request.extensions().get::<MatchedPath>().map_or_else(
-        || request.uri().path().to_owned(),
-        |p| p.as_str().to_owned(),
-    );
-    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| request.uri().path(), MatchedPath::as_str);
+    let method = request.method().as_str();
+    // The span's fields are formatted for the log as it opens, once per request: the two
+    // that only name the exported span are recorded only when spans are exported.
     let span = tracing::info_span!(
         "http.request",
-        otel.name = %format!("{method} {route}"),
-        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         http.request.method = %method,
         http.route = %route,
         correlation_id = %correlation,
     );
+    if telemetry::exporting() {
+        span.record("otel.name", format!("{method} {route}"));
+        span.record("otel.kind", "server");
+    }
     trace_context::continue_from(&span, trace_context::from_http(request.headers()).as_ref());
     let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;

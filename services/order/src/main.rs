@@ -11,7 +11,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: tillstream_order::Cli) -> anyhow::Result<()> {
-    let _telemetry = telemetry::init(&cli.telemetry, "tillstream-order", telemetry::SERVER_FILTER)?;
+    let _telemetry = telemetry::init(
+        &cli.telemetry,
+        "tillstream-order",
+        telemetry::Process::Server,
+    )?;
     let app = tillstream_order::App::build(cli.config).await?;
     tracing::info!(grpc = %app.grpc_addr(), ops = %app.ops_addr(), "order service listening");
     app.run(tillstream_runtime::shutdown::on_signal()).await?;

@@ -14,7 +14,7 @@ async fn run(cli: tillstream_predictor::Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(
         &cli.telemetry,
         "tillstream-predictor",
-        telemetry::SERVER_FILTER,
+        telemetry::Process::Server,
     )?;
     let app = tillstream_predictor::App::build(cli.config).await?;
     tracing::info!(ops = %app.ops_addr(), "predictor running");

@@ -17,12 +17,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Servers log at info; one-off commands only warn.
-    let filter = if cli.is_server() {
-        telemetry::SERVER_FILTER
+    // Servers log at info, from a writer thread; one-off commands only warn.
+    let process = if cli.is_server() {
+        telemetry::Process::Server
     } else {
-        "warn"
+        telemetry::Process::Command
     };
-    let _telemetry = telemetry::init(cli.telemetry(), "tillstream", filter)?;
+    let _telemetry = telemetry::init(cli.telemetry(), "tillstream", process)?;
     cli.run().await
 }

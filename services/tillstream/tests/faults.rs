@@ -489,6 +489,20 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
             "{part:?} stops cleanly on SIGTERM, got {status}; its log ends:\n{}",
             process.log_tail(30)
         );
+        // Its last words, logged just before it exits: the lines still queued for the log
+        // writer thread are written out at exit.
+        let last_words = match part {
+            Part::Projector => Some("projector stopped"),
+            Part::OrderRelay => Some("relay stopped"),
+            _ => None,
+        };
+        if let Some(line) = last_words {
+            let tail = process.log_tail(10);
+            assert!(
+                tail.contains(line),
+                "{part:?} logged {line:?}; its log ends:\n{tail}"
+            );
+        }
         terminations += 1;
         platform.start_part(part, &[]).await;
     }

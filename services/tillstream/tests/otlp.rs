@@ -50,7 +50,7 @@ async fn spans_of_every_hop_reach_an_otlp_collector_in_the_callers_trace() {
             ..Default::default()
         },
         "tillstream-test",
-        "info",
+        telemetry::Process::Server,
     )
     .expect("exporter set up");
     assert!(exporting.exporting());
