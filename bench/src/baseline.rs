@@ -74,8 +74,17 @@ pub async fn pgbench_insert(
         .unwrap_or(1)
         .min(clients)
         .to_string();
+    // On the platform's footing: without TLS where its own connections go without it.
+    let without_tls = matches!(
+        tillstream_runtime::postgres::connect_options(&url)?.get_ssl_mode(),
+        sqlx::postgres::PgSslMode::Disable
+    );
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("pgbench")
+        let mut pgbench = std::process::Command::new("pgbench");
+        if without_tls {
+            pgbench.env("PGSSLMODE", "disable");
+        }
+        pgbench
             .args([
                 "-n",
                 "-c",

@@ -15,11 +15,16 @@ pub async fn describe() -> serde_json::Value {
         .find(|l| l.starts_with("MemTotal"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<u64>().ok());
-    // Whether connections to Postgres are encrypted: the platform's and pgbench's use the
-    // same URL as this one, and TLS on loopback cost pgbench a fifth of its throughput
-    // here and PlaceOrder 10–22 % (docs/performance.md, "TLS to Postgres on loopback, measured").
-    let (postgres, postgres_tls) = match sqlx::PgPool::connect(&postgres_url()).await {
-        Ok(pool) => (
+    // Whether connections to Postgres are encrypted: the platform's and pgbench's are made
+    // as this one is (`runtime::postgres::connect_options`: no TLS on loopback unless the
+    // URL asks), and TLS on loopback cost pgbench a fifth of its throughput here and
+    // PlaceOrder 10–22 % (docs/performance.md, "TLS to Postgres on loopback, measured").
+    let connected = match tillstream_runtime::postgres::connect_options(&postgres_url()) {
+        Ok(options) => sqlx::PgPool::connect_with(options).await.ok(),
+        Err(_) => None,
+    };
+    let (postgres, postgres_tls) = match connected {
+        Some(pool) => (
             sqlx::query_scalar::<_, String>("SHOW server_version")
                 .fetch_one(&pool)
                 .await
@@ -31,7 +36,7 @@ pub async fn describe() -> serde_json::Value {
             .await
             .ok(),
         ),
-        Err(_) => (None, None),
+        None => (None, None),
     };
     let nats = match async_nats::connect(nats_url()).await {
         Ok(client) => Some(client.server_info().version),

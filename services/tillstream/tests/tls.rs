@@ -72,3 +72,41 @@ async fn clients_trusting_the_dev_ca_connect_and_plaintext_clients_fail_cleanly(
     );
     platform.stop().await;
 }
+
+/// Every connection to a Postgres on this host goes without TLS unless the URL asks for it
+/// (`runtime::postgres::connect_options`); one the URL asks TLS of uses it.
+#[tokio::test]
+async fn postgres_on_this_host_is_reached_without_tls_unless_the_url_asks() {
+    let env = tillstream_testkit::TestEnv::new();
+    let (url, pool) = env.database("tls").await;
+    let encrypted = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, bool>("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .expect("pg_stat_ssl answers")
+    };
+    let server_offers_tls = sqlx::query_scalar::<_, String>("SHOW ssl")
+        .fetch_one(&pool)
+        .await
+        .expect("SHOW ssl")
+        == "on";
+    // The default test server (127.0.0.1), with nothing asking for TLS.
+    let parsed = url::Url::parse(&url).expect("valid URL");
+    let local = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+        && !parsed.query_pairs().any(|(key, _)| key == "sslmode")
+        && std::env::var_os("PGSSLMODE").is_none();
+    if local {
+        assert!(
+            !encrypted(pool).await,
+            "a server on this host, no TLS asked for"
+        );
+    }
+    if server_offers_tls {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let asked =
+            tillstream_runtime::postgres::pool(&format!("{url}{separator}sslmode=require"), 1)
+                .expect("pool");
+        assert!(encrypted(asked).await, "sslmode=require in the URL");
+    }
+    env.cleanup().await;
+}
