@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde_json::json;
 use tillstream_testkit::TestEnv;
 
-use crate::load::driver::{self, Measured, Shape};
+use crate::load::driver::{self, Measured, Shape, round2};
 
 /// Serves `GET /` → `Hello, World!` on a free loopback port and loads it with `shape`.
 pub async fn hello_world(shape: Shape) -> anyhow::Result<Measured> {
@@ -79,6 +79,7 @@ pub async fn pgbench_insert(
         tillstream_runtime::postgres::connect_options(&url)?.get_ssl_mode(),
         sqlx::postgres::PgSslMode::Disable
     );
+    let scratch = url.clone();
     let output = tokio::task::spawn_blocking(move || {
         let mut pgbench = std::process::Command::new("pgbench");
         if without_tls {
@@ -96,7 +97,7 @@ pub async fn pgbench_insert(
                 "-f",
             ])
             .arg(&script)
-            .arg(&url)
+            .arg(&scratch)
             .output()
     })
     .await?
@@ -118,6 +119,13 @@ pub async fn pgbench_insert(
     let tps = field("tps = ").context("pgbench printed no tps")?;
     let latency = field("latency average = ");
     eprintln!("pgbench durable insert, {clients} clients: {tps:.0} tps");
+    // Its rows would otherwise be vacuumed (autovacuum's insert threshold) while the next
+    // phase is measured.
+    let pool = tillstream_runtime::postgres::pool(&url, 1)?;
+    sqlx::query("DROP TABLE bench_insert")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
     Ok(json!({
         "clients": clients,
         "seconds": duration.as_secs(),
@@ -126,4 +134,21 @@ pub async fn pgbench_insert(
         "synchronous_commit": synchronous_commit,
         "fsync": fsync,
     }))
+}
+
+/// Has Postgres write out its dirty buffers (`CHECKPOINT`) and returns how long that took,
+/// so a write phase starts as clean as the other and does not pay for the one before it.
+/// Without the right to (superuser or `pg_checkpoint`), it says so and the phase runs as is.
+pub async fn checkpoint() -> Option<f64> {
+    let started = std::time::Instant::now();
+    let pool = tillstream_runtime::postgres::pool(&tillstream_testkit::postgres_url(), 1).ok()?;
+    let done = sqlx::query("CHECKPOINT").execute(&pool).await;
+    pool.close().await;
+    match done {
+        Ok(_) => Some(round2(started.elapsed().as_secs_f64())),
+        Err(error) => {
+            eprintln!("no CHECKPOINT before the write phase: {error}");
+            None
+        }
+    }
 }

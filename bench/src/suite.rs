@@ -3,8 +3,9 @@
 //!
 //! One round is: axum hello world and GraphQL `order(id)` at the same connection count;
 //! the mixed reads at many connections (with a think time per user); `pgbench` durable
-//! inserts and gRPC PlaceOrder at the same client count; command → visibility at a fixed
-//! offered rate. Rounds repeat so the spread (median, min, max) shows the noise; targets
+//! inserts and gRPC PlaceOrder at the same client count, each after a `CHECKPOINT` (and
+//! pgbench's table dropped after it, so autovacuum does not work on it during PlaceOrder);
+//! command → visibility at a fixed offered rate. Rounds repeat so the spread (median, min, max) shows the noise; targets
 //! are judged on the medians.
 
 use std::time::Duration;
@@ -57,6 +58,9 @@ struct Round {
     mixed: Measured,
     pgbench: Value,
     place: Measured,
+    /// Seconds the `CHECKPOINT` before pgbench and before PlaceOrder took (`None`: not
+    /// allowed), so each write phase starts with no dirty buffers of the phase before.
+    checkpoints: [Option<f64>; 2],
     /// Seconds the order read model took to catch up after PlaceOrder flat out.
     settle_seconds: f64,
     visibility: Value,
@@ -91,12 +95,14 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<Value> {
                 shape(args.mixed_users, args.mixed_think_ms),
             )
             .await?;
+            let before_pgbench = baseline::checkpoint().await;
             let pgbench = baseline::pgbench_insert(
                 &platform.env,
                 args.write_connections,
                 Duration::from_secs(args.duration),
             )
             .await?;
+            let before_place = baseline::checkpoint().await;
             let place = scenarios::run(
                 target.clone(),
                 Scenario::GrpcPlaceOrder,
@@ -125,6 +131,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<Value> {
                 mixed,
                 pgbench,
                 place,
+                checkpoints: [before_pgbench, before_place],
                 settle_seconds,
                 visibility,
                 visibility_sustained,
@@ -314,6 +321,7 @@ fn summarize(args: &SuiteArgs, rounds: &[Round], memory: Value, after_load: &Aft
             "mixed": r.mixed.to_json(),
             "pgbench_insert": r.pgbench,
             "grpc_place_order": r.place.to_json(),
+            "checkpoint_seconds_before_pgbench_and_place_order": r.checkpoints,
             "read_model_catch_up_seconds": round2(r.settle_seconds),
             "visibility": r.visibility,
             "visibility_sustained": r.visibility_sustained,
