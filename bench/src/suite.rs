@@ -5,8 +5,8 @@
 //! the mixed reads at many connections (with a think time per user); `pgbench` durable
 //! inserts and gRPC PlaceOrder at the same client count, each after a `CHECKPOINT` (and
 //! pgbench's table dropped after it, so autovacuum does not work on it during PlaceOrder);
-//! command → visibility at a fixed offered rate. Rounds repeat so the spread (median, min, max) shows the noise; targets
-//! are judged on the medians.
+//! command → visibility at a fixed offered rate. Rounds repeat so the spread (median, min,
+//! max) shows the noise; targets are judged on the medians.
 
 use std::time::Duration;
 

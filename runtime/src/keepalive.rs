@@ -28,7 +28,8 @@ pub struct Http2Keepalive {
 }
 
 impl Http2Keepalive {
-    /// Servers: a dead client's connection is closed within 80 s of its last frame. The
+    /// Servers: a dead client's connection is given up within 80 s of its last frame (the
+    /// socket itself may stay until TCP gives up on data still unsent to it). The
     /// 20 s answer time is gRPC's own default (grpc-go's `keepalive.ServerParameters`).
     pub const SERVER: Self = Self {
         interval: Duration::from_secs(60),

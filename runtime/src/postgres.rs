@@ -56,13 +56,16 @@ pub fn pool_for_indexed_reads(url: &str, max_connections: u32) -> Result<PgPool,
 
 /// How every connection here reaches the server of `url`: as sqlx reads the URL (and the
 /// `PG*` variables), except that a server on this host (a loopback address, `localhost` or
-/// a socket) is reached without TLS unless the URL's `sslmode` or `PGSSLMODE` asks for it.
+/// a socket) is reached without TLS unless the URL or the environment says anything about
+/// TLS (`sslmode`, a certificate or key: `ssl*` parameters, `PGSSLMODE`, `PGSSLCERT`,
+/// `PGSSLKEY`, `PGSSLROOTCERT`).
 ///
 /// sqlx, like libpq, tries TLS by default (`sslmode=prefer`) and verifies nothing then, so
 /// on loopback it guards against no one while encrypting every round trip on both ends:
 /// a quarter of a durable insert's throughput here, and a third of the p99 from an order's
 /// ack to its visibility (docs/performance.md, Fix 25). A server whose `pg_hba.conf`
-/// accepts only TLS on loopback (`hostssl`) needs `sslmode=require` in the URL.
+/// accepts only TLS on loopback (`hostssl`) needs `sslmode=require` in the URL, and so
+/// does a loopback port that forwards to another host (a tunnel, a TCP proxy).
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, PostgresError> {
     let options = PgConnectOptions::from_str(url).map_err(PostgresError::InvalidUrl)?;
     if tls_chosen(url) || !on_this_host(&options) {
@@ -71,14 +74,15 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, PostgresError> {
     Ok(options.ssl_mode(PgSslMode::Disable))
 }
 
-/// Whether `url` or the environment says whether to use TLS.
+/// Whether `url` or the environment says anything about TLS: a mode, or a certificate or
+/// key to use (a client certificate login must keep TLS).
 fn tls_chosen(url: &str) -> bool {
-    let in_url = url::Url::parse(url).is_ok_and(|parsed| {
-        parsed
-            .query_pairs()
-            .any(|(key, _)| key == "sslmode" || key == "ssl-mode")
-    });
-    in_url || std::env::var_os("PGSSLMODE").is_some()
+    let in_url = url::Url::parse(url)
+        .is_ok_and(|parsed| parsed.query_pairs().any(|(key, _)| key.starts_with("ssl")));
+    in_url
+        || ["PGSSLMODE", "PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some())
 }
 
 fn on_this_host(options: &PgConnectOptions) -> bool {
@@ -422,10 +426,11 @@ mod tests {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 
-    /// `PGSSLMODE` is not set where the tests run (it would decide every case below).
+    /// No `PGSSL*` variable is set where the tests run (one would decide every case below).
     #[test]
     fn tls_is_off_for_a_server_on_this_host_unless_asked_for() {
-        if std::env::var_os("PGSSLMODE").is_some() {
+        if std::env::vars_os().any(|(name, _)| name.to_string_lossy().starts_with("PGSSL")) {
+            eprintln!("skipped: a PGSSL* variable is set");
             return;
         }
         let mode = |url: &str| format!("{:?}", connect_options(url).unwrap().get_ssl_mode());
@@ -445,6 +450,11 @@ mod tests {
         assert_eq!(
             mode("postgres://u@localhost/x?ssl-mode=verify-full"),
             "VerifyFull"
+        );
+        // A client certificate keeps sqlx's default.
+        assert_eq!(
+            mode("postgres://u@127.0.0.1/x?sslcert=/c.pem&sslkey=/k.pem"),
+            "Prefer"
         );
     }
 }

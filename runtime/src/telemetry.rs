@@ -5,9 +5,10 @@
 //!   `TILLSTREAM_LOG_FORMAT=json`) writes one JSON object per line, with the fields of the
 //!   spans it happened in (the request's `correlation_id`, for one). A server's lines go to
 //!   stdout from a thread of their own, in batches: a thread that logs only formats its line
-//!   and queues it ([`LOG_QUEUE_LINES`] at most; then it waits, and no line is dropped). A
-//!   process that is killed (not stopped) loses the lines still queued, a few milliseconds'
-//!   worth.
+//!   and queues it ([`LOG_QUEUE_LINES`] at most; then it waits, and no line is dropped).
+//!   At exit the process gives the writer a second to empty the queue (tracing-appender's
+//!   guard): with stdout keeping up that is ample, but a stalled pipe loses what is still
+//!   queued then, and a killed process always loses it.
 //! - Traces: with `--otlp-endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) set, every span is
 //!   exported over OTLP/HTTP (protobuf) to `<endpoint>/v1/traces`, in batches from a
 //!   background thread. Unset (the default), no OpenTelemetry layer is installed: spans carry

@@ -106,7 +106,8 @@ pub struct Limits {
     /// Seconds a connection may go without sending a complete request head, after it
     /// opens and after each response, before it is closed (idle keep-alive connections,
     /// silent clients, request heads sent slowly; requests in flight are not cut); 0 keeps
-    /// them open, at most 86400. HTTP/2 connections are timed until their first request, then kept while they answer pings.
+    /// them open, at most 86400. HTTP/2 connections are timed until their first request,
+    /// then kept while they answer pings.
     #[arg(
         long = "idle-timeout-secs",
         env = "TILLSTREAM_GATEWAY_IDLE_TIMEOUT_SECS",

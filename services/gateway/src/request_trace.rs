@@ -12,6 +12,10 @@ use tillstream_runtime::grpc::CORRELATION_HEADER;
 use tillstream_runtime::{telemetry, trace_context};
 use tracing::Instrument;
 
+/// The target of the one line per request: `RUST_LOG=info,tillstream_gateway::access=warn`
+/// leaves those lines out and keeps the span, so other lines keep their correlation id.
+pub const ACCESS_LOG: &str = "tillstream_gateway::access";
+
 pub async fn trace_requests(mut request: Request, next: Next) -> Response {
     let correlation = request
         .headers()
@@ -52,6 +56,7 @@ pub async fn trace_requests(mut request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     span.in_scope(|| {
         tracing::info!(
+            target: ACCESS_LOG,
             status,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "request"

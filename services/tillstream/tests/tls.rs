@@ -101,6 +101,9 @@ async fn postgres_on_this_host_is_reached_without_tls_unless_the_url_asks() {
             "a server on this host, no TLS asked for"
         );
     }
+    if !server_offers_tls {
+        eprintln!("this Postgres has TLS off: only the plaintext connection was checked");
+    }
     if server_offers_tls {
         let separator = if url.contains('?') { '&' } else { '?' };
         let asked =
