@@ -179,7 +179,10 @@ pub fn init(
             .json()
             .with_writer(writer)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(colours())
+            .with_writer(writer)
+            .boxed(),
     };
     let traces = provider
         .as_ref()
@@ -196,6 +199,13 @@ pub fn init(
         provider,
         _log_writer: log_writer.filter(|_| installed),
     })
+}
+
+/// Text logs are coloured on a terminal only (and not with `NO_COLOR` set): a log file or
+/// a collector's pipe gets no escape codes.
+fn colours() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn tracer_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
