@@ -62,8 +62,8 @@ pub fn pool_for_indexed_reads(url: &str, max_connections: u32) -> Result<PgPool,
 ///
 /// sqlx, like libpq, tries TLS by default (`sslmode=prefer`) and verifies nothing then, so
 /// on loopback it guards against no one while encrypting every round trip on both ends:
-/// a quarter of a durable insert's throughput here, and a third of the p99 from an order's
-/// ack to its visibility (docs/performance.md, Fix 25). A server whose `pg_hba.conf`
+/// a quarter of a durable insert's throughput here, and a quarter of the median time from
+/// an order's ack to its visibility at 1000 orders/s (docs/performance.md, Fix 25). A server whose `pg_hba.conf`
 /// accepts only TLS on loopback (`hostssl`) needs `sslmode=require` in the URL, and so
 /// does a loopback port that forwards to another host (a tunnel, a TCP proxy).
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, PostgresError> {
