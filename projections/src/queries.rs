@@ -243,7 +243,8 @@ impl Reads {
     ) -> Result<Vec<OrderWithItems>, sqlx::Error> {
         // One statement per combination of filters (a generic plan cannot fold an optional
         // filter away, see `pool_for_indexed_reads`): the customer's own through
-        // `orders_by_user`, everyone's through the primary key.
+        // `orders_by_user`, everyone's of one status through `orders_by_status`, everyone's
+        // through the primary key.
         static SQL: LazyLock<[String; 8]> = LazyLock::new(|| {
             std::array::from_fn(|shape| {
                 let mut filters = Vec::new();

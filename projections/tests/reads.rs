@@ -84,6 +84,7 @@ async fn plans_kept_from_tiny_tables_still_use_the_indexes_once_the_tables_have_
             .orders(None, Some("PAID"), Some(Uuid::max()), 20)
             .await
             .unwrap();
+        reads.orders(None, Some("PAID"), None, 20).await.unwrap();
         reads.users(Some(Uuid::max()), 20).await.unwrap();
     }
 
@@ -113,7 +114,12 @@ async fn plans_kept_from_tiny_tables_still_use_the_indexes_once_the_tables_have_
         (
             "FROM orders WHERE status = $1 AND id < $2",
             format!("'PAID', {max}, 20"),
-            "Index Scan Backward using orders_pkey on orders",
+            "Index Scan using orders_by_status on orders",
+        ),
+        (
+            "FROM orders WHERE status = $1 ORDER BY",
+            "'PAID', 20".to_string(),
+            "Index Scan using orders_by_status on orders",
         ),
         (
             "FROM users WHERE id < $1",
