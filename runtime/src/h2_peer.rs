@@ -18,9 +18,13 @@ pub(crate) const KEEPALIVE: Http2Keepalive = Http2Keepalive {
 
 /// What a client sends first on every HTTP/2 connection (RFC 9113, section 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
+/// HEADERS flags: the request has no body, and its head is in this one frame.
+const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
 
 pub(crate) struct Frame {
     kind: u8,
@@ -58,11 +62,64 @@ impl Peer {
     }
 
     async fn send(&mut self, kind: u8, flags: u8, payload: &[u8]) {
+        self.send_on(0, kind, flags, payload).await;
+    }
+
+    async fn send_on(&mut self, stream: u32, kind: u8, flags: u8, payload: &[u8]) {
         let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
-        // Length (24 bits), type, flags, stream 0 (connection frames only here).
-        let mut frame = vec![length[1], length[2], length[3], kind, flags, 0, 0, 0, 0];
+        // Length (24 bits), type, flags, stream id.
+        let mut frame = vec![length[1], length[2], length[3], kind, flags];
+        frame.extend_from_slice(&stream.to_be_bytes());
         frame.extend_from_slice(payload);
         self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// Sends `GET path` on `stream` (odd, and higher than the last one used), without a
+    /// body. The head is HPACK-coded with the static table's names and literal values, so
+    /// no decoder state is needed.
+    pub(crate) async fn get(&mut self, stream: u32, path: &str) {
+        // :method GET, :scheme http (both static entries), :path and :authority as
+        // literals with an indexed name (RFC 7541, appendix A).
+        let mut head = vec![0x82, 0x86, 0x44, u8::try_from(path.len()).unwrap()];
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(&[0x41, 4]);
+        head.extend_from_slice(b"test");
+        self.send_on(stream, HEADERS, END_STREAM_AND_HEADERS, &head)
+            .await;
+    }
+
+    /// Answers SETTINGS and pings as a live peer does (and reads past responses) until the
+    /// other side sends a GOAWAY: true. False if none came within `wait`. Panics if the
+    /// connection closes without one.
+    pub(crate) async fn goaway_within(&mut self, wait: Duration) -> bool {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let Ok(frame) = self.frame(left).await else {
+                return false;
+            };
+            let frame = frame.unwrap_or_else(|| panic!("closed without a GOAWAY"));
+            match (frame.kind, frame.flags & ACK != 0) {
+                (GOAWAY, _) => return true,
+                (SETTINGS, false) => self.send(SETTINGS, ACK, &[]).await,
+                (PING, false) => self.send(PING, ACK, &frame.payload).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads (and answers nothing) until the other side closes the connection. Panics if it
+    /// is still open after `deadline`.
+    pub(crate) async fn closed_within(&mut self, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match self.frame(left).await {
+                Err(_) => panic!("still open after {deadline:?}"),
+                Ok(None) => return,
+                Ok(Some(_)) => {}
+            }
+        }
     }
 
     /// The next frame; `None` once the other side has closed the connection, `Err` when

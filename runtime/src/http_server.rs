@@ -5,8 +5,11 @@
 //! runs: a kept-alive connection after its last request, a connection that never sends a
 //! byte, and one that sends half a request head are all held open until the peer goes.
 //! Each costs the gateway 16–48 KiB (docs/performance.md, Fix 22), and nothing bounds how
-//! many a client leaves behind. Here a connection must send a complete request head
-//! within `idle_timeout` of opening and of each response; otherwise it is closed.
+//! many a client leaves behind. Here an HTTP/1.1 connection must send a complete request
+//! head within `idle_timeout` of opening and of each response; otherwise it is closed. An
+//! HTTP/2 connection must send its first request within `idle_timeout` of opening, and is
+//! sent away (GOAWAY: the requests in flight finish, no new one is taken) once no new
+//! request has come for `idle_timeout`; hyper has no idle timeout for HTTP/2.
 //!
 //! Accepting, the peer address for [`ConnectInfo`], upgrades (GraphQL subscriptions over
 //! WebSocket) and graceful shutdown are as with `axum::serve`, and every connection sends
@@ -14,7 +17,8 @@
 
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,10 +28,12 @@ use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use crate::Shutdown;
@@ -47,10 +53,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// request in flight finish (for [`SHUTDOWN_GRACE`] at most) and closes each connection as
 /// it goes idle.
 ///
-/// A connection that sends no complete request head within `idle_timeout` of opening or
-/// of its last response is closed (`None`: never). An HTTP/2 connection must send its first
-/// request in time; after that it is kept while the peer answers the `keepalive` pings
-/// (hyper has no idle timeout for HTTP/2).
+/// A connection that sends no complete request head within `idle_timeout` of opening is
+/// closed, and so is an HTTP/1.1 connection within `idle_timeout` of its last response
+/// (`None`: never). An HTTP/2 connection that starts no new request for `idle_timeout` is
+/// sent a GOAWAY: what it has in flight is answered, then it closes. Meanwhile it is kept
+/// while the peer answers the `keepalive` pings.
 pub async fn serve(
     mut listener: TcpListener,
     router: Router,
@@ -70,7 +77,7 @@ pub async fn serve(
         .keep_alive_interval(keepalive.interval)
         .keep_alive_timeout(keepalive.timeout)
         .enable_connect_protocol();
-    let connections = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let (mut stream, peer) = tokio::select! {
             biased;
@@ -80,40 +87,26 @@ pub async fn serve(
             accepted = Listener::accept(&mut listener) => accepted,
         };
         crate::ops::set_nodelay(&mut stream);
-        // Told of each request, so a connection that sends none is closed at the timeout.
-        let asked = Arc::new(Notify::new());
+        let requests = Arc::new(Requests::default());
         let service = TowerToHyperService::new(router.clone().map_request({
-            let asked = asked.clone();
+            let requests = requests.clone();
             move |mut request: Request<Incoming>| {
-                asked.notify_one();
+                requests.started(&request);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request.map(Body::new)
             }
         }));
         let builder = builder.clone();
-        let watcher = connections.watcher();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let mut connection = pin!(watcher.watch(connection));
-            if let Some(limit) = idle_timeout {
-                // Until the first request: hyper's timer starts only once it has told
-                // HTTP/1.1 from HTTP/2 by the first bytes, which it waits for untimed.
-                tokio::select! {
-                    ended = &mut connection => return ended_with(ended, peer),
-                    () = asked.notified() => {}
-                    () = tokio::time::sleep(limit) => {
-                        tracing::debug!(%peer, "HTTP connection closed: no request within the idle timeout");
-                        return;
-                    }
-                }
-            }
-            ended_with(connection.await, peer);
+            watch(connection, peer, &requests, idle_timeout, &shutdown).await;
         });
     }
     drop(listener);
-    let open = connections.count();
-    tracing::debug!(open, "finishing open HTTP connections");
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown())
+    connections.close();
+    tracing::debug!(open = connections.len(), "finishing open HTTP connections");
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
         .await
         .is_err()
     {
@@ -123,6 +116,98 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// What a connection's requests tell the task watching it, without waking it for each.
+#[derive(Default)]
+struct Requests {
+    /// Notified at the first request only.
+    first: Notify,
+    seen: AtomicBool,
+    /// When the last HTTP/2 request started, in milliseconds after `opened` plus 1 (0: none).
+    last_http2: AtomicU64,
+    opened: OnceLock<Instant>,
+}
+
+impl Requests {
+    fn started(&self, request: &Request<Incoming>) {
+        if request.version() == axum::http::Version::HTTP_2 {
+            let opened = *self.opened.get_or_init(Instant::now);
+            let at = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.last_http2.store(at + 1, Ordering::Relaxed);
+        }
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            self.first.notify_one();
+        }
+    }
+
+    /// When the last HTTP/2 request started, if there was one.
+    fn last_http2(&self) -> Option<Instant> {
+        let at = self.last_http2.load(Ordering::Relaxed).checked_sub(1)?;
+        Some(*self.opened.get()? + Duration::from_millis(at))
+    }
+}
+
+/// Drives one connection to its end: closes it when it sends no request within
+/// `idle_timeout` of opening, sends an HTTP/2 connection away once it has started no
+/// request for `idle_timeout`, and shuts it down gracefully with the server. HTTP/1.1's
+/// wait between requests is hyper's header-read timeout.
+async fn watch<C>(
+    connection: C,
+    peer: SocketAddr,
+    requests: &Requests,
+    idle_timeout: Option<Duration>,
+    shutdown: &Shutdown,
+) where
+    C: GracefulConnection<Error = Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = pin!(connection);
+    if let Some(limit) = idle_timeout {
+        // Until the first request: hyper's timer starts only once it has told HTTP/1.1
+        // from HTTP/2 by the first bytes, which it waits for untimed.
+        tokio::select! {
+            ended = &mut connection => return ended_with(ended, peer),
+            () = requests.first.notified() => {}
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(limit) => {
+                tracing::debug!(%peer, "HTTP connection closed: no request within the idle timeout");
+                return;
+            }
+        }
+    }
+    let mut closing = false;
+    loop {
+        // When an HTTP/2 connection could first have been idle for `idle_timeout`: checked
+        // then, not at each request, which would wake this task for every one.
+        let idle_at = match (idle_timeout, requests.last_http2()) {
+            (Some(limit), Some(last)) if !closing => Some(last + limit),
+            _ => None,
+        };
+        tokio::select! {
+            // The connection first: it is what wakes this task at every request.
+            biased;
+            ended = &mut connection => return ended_with(ended, peer),
+            () = shutdown.cancelled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = sleep_until(idle_at) => {
+                if requests.last_http2().zip(idle_timeout).is_some_and(|(last, limit)| last.elapsed() >= limit) {
+                    tracing::debug!(%peer, "HTTP/2 connection sent away: no request within the idle timeout");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn ended_with(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>, peer: SocketAddr) {
@@ -334,6 +419,40 @@ mod tests {
         let server = server(None).await;
         let mut peer = Peer::client(server.addr).await;
         peer.ignore_pings_until_closed(DEADLINE).await;
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_is_sent_away_once_it_starts_no_request_for_the_idle_timeout() {
+        let server = server(Some(IDLE)).await;
+        let mut peer = Peer::client(server.addr).await;
+        peer.get(1, "/peer").await;
+        let asked = tokio::time::Instant::now();
+        assert!(
+            peer.goaway_within(DEADLINE).await,
+            "still open {DEADLINE:?} after its only request"
+        );
+        assert!(
+            asked.elapsed() >= IDLE - Duration::from_millis(50),
+            "sent away {:?} after its request, before the idle timeout",
+            asked.elapsed()
+        );
+        peer.closed_within(DEADLINE).await;
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_that_keeps_starting_requests_is_kept() {
+        let server = server(Some(IDLE)).await;
+        let mut peer = Peer::client(server.addr).await;
+        // A request every quarter of the idle timeout, for three idle timeouts.
+        for stream in (1..24).step_by(2) {
+            peer.get(stream, "/peer").await;
+            assert!(
+                !peer.goaway_within(IDLE / 4).await,
+                "sent away while starting a request every {:?}",
+                IDLE / 4
+            );
+        }
+        assert!(peer.goaway_within(DEADLINE).await);
     }
 
     #[tokio::test]

@@ -106,8 +106,8 @@ pub struct Limits {
     /// Seconds a connection may go without sending a complete request head, after it
     /// opens and after each response, before it is closed (idle keep-alive connections,
     /// silent clients, request heads sent slowly; requests in flight are not cut); 0 keeps
-    /// them open, at most 86400. HTTP/2 connections are timed until their first request,
-    /// then kept while they answer pings.
+    /// them open, at most 86400. An HTTP/2 connection that starts no request for as long
+    /// is sent a GOAWAY (what it has in flight is answered, then it closes).
     #[arg(
         long = "idle-timeout-secs",
         env = "TILLSTREAM_GATEWAY_IDLE_TIMEOUT_SECS",
