@@ -97,7 +97,9 @@ pub async fn serve(
             }
         }));
         let builder = builder.clone();
-        let shutdown = shutdown.clone();
+        // A token of its own: every connection's task polls it at each of its requests,
+        // and all of them waiting on the server's one token would share its lock.
+        let shutdown = shutdown.child_token();
         connections.spawn(async move {
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             watch(connection, peer, &requests, idle_timeout, &shutdown).await;
